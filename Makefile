@@ -1,0 +1,97 @@
+# LLM router: Triton-served classifier + OpenAI-compatible router service.
+# `make help` lists the targets. Every target installs what it needs first.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+ROUTING_DATA ?= ../shared/routing
+MODEL_REPOSITORY ?= model_repository
+CONFIG ?= config/router.yaml
+
+# Helm CLI, built once from the Go module proxy and cached under the project.
+HELM_VERSION ?= v3.16.4
+HELM := tools/bin/helm-$(HELM_VERSION)
+CHART := helm/llm-router
+VALUES ?=
+
+STAMP_BASE := $(VENV)/.installed-base
+STAMP_ALL := $(VENV)/.installed-all
+
+.PHONY: help install install-all run export eval bench test helm helm-lint helm-template clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/pip:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip wheel setuptools
+
+# Serving stack: router service, Triton binary and python-backend model dependencies.
+$(STAMP_BASE): pyproject.toml | $(BIN)/pip
+	@echo ">> installing the router service and the serving stack (llama.cpp builds once, then pip's cache serves it)"
+	$(BIN)/pip install --progress-bar on -e '.[serving]'
+	@touch $@
+
+# Everything: serving + export (PyTorch) + test tools.
+$(STAMP_ALL): pyproject.toml | $(BIN)/pip
+	@echo ">> installing serving, export (PyTorch) and test dependencies"
+	$(BIN)/pip install --progress-bar on -e '.[serving,export,test]'
+	@touch $@ $(STAMP_BASE)
+
+install: $(STAMP_BASE) ## Install the serving stack into .venv
+
+install-all: $(STAMP_ALL) ## Install serving, export and test dependencies into .venv
+
+run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router model first if none exists)
+	@if ! $(PY) -m export.repository --has-version $(MODEL_REPOSITORY)/router_classifier; then \
+		echo ">> no router model version in $(MODEL_REPOSITORY)/router_classifier: running make export first"; \
+		$(MAKE) export; \
+	fi
+	$(PY) -m router_service.stack --model-repository $(MODEL_REPOSITORY) --config $(CONFIG)
+
+export: $(STAMP_ALL) ## Fine-tune the router classifier, export to ONNX, write a new model version
+	$(PY) -m export --data-dir $(ROUTING_DATA) --model-repository $(MODEL_REPOSITORY) $(EXPORT_ARGS)
+
+DATA ?= $(ROUTING_DATA)/mmlu-val.jsonl
+SCORES ?= .eval/scores.jsonl
+eval: $(STAMP_ALL) ## Score DATA with the served router model; writes SCORES, a plot and prints metrics
+	$(PY) -m export.evaluate --data $(DATA) --scores $(SCORES) --model-repository $(MODEL_REPOSITORY) $(EVAL_ARGS)
+
+bench: $(STAMP_ALL) ## Latency/throughput benchmarks (router overhead, classifier, LLM tokens/s)
+	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) $(BENCH_ARGS)
+
+# `go install` skips helm's own Makefile, which stamps the version and the Kubernetes version that
+# `helm template`/`lint` assume (else v1.20): HELM_KUBE_MINOR is the k8s.io/client-go minor that
+# HELM_VERSION builds against (v3.16.x: v0.31).
+HELM_KUBE_MINOR ?= 31
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach p,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/$(p).k8sVersionMinor=$(HELM_KUBE_MINOR))
+$(HELM):
+	@echo ">> building helm $(HELM_VERSION) from the Go module proxy (once; cached in tools/bin)"
+	@mkdir -p tools/bin
+	CGO_ENABLED=0 GOBIN=$(CURDIR)/tools/gobin-tmp go install -trimpath -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv tools/gobin-tmp/helm $(HELM) && rmdir tools/gobin-tmp
+
+helm: $(HELM) ## Build the pinned helm CLI
+
+helm-lint: $(HELM) ## helm lint --strict with the default and every example values file
+	$(HELM) lint --strict $(CHART)
+	@for f in $(CHART)/examples/*.yaml; do echo ">> $$f"; $(HELM) lint --strict $(CHART) -f $$f || exit 1; done
+
+helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
+	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES))
+
+test: $(STAMP_ALL) $(HELM) ## Install everything and run the whole test suite
+	HELM_BIN=$(CURDIR)/$(HELM) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
+
+clean: ## Remove caches (keeps .venv and exported model versions)
+	rm -rf .pytest_cache .eval tools/gobin-tmp
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

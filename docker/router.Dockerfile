@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1.7
+# Router service image: slim Python, the router package without extras (no ML runtime: the
+# classifier runs inside Triton), gunicorn as the entrypoint, non-root, read-only-root friendly.
+#
+#   docker build -f docker/router.Dockerfile -t <registry>/llm-router/router:0.1.0 .
+#
+# The Helm chart (helm/llm-router) runs it as uid 10001 with a read-only root filesystem, an
+# in-memory /tmp, the config at /etc/llm-router/router.yaml (env ROUTER_CONFIG) and port 8080.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# --- build: wheels for the service and its dependencies (nothing of this stage ships) --------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY router_service ./router_service
+RUN pip wheel --wheel-dir /wheels .
+
+# --- runtime -----------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ROUTER_CONFIG=/etc/llm-router/router.yaml \
+    GUNICORN_BIND=0.0.0.0:8080
+RUN groupadd --system --gid 10001 router \
+ && useradd --system --uid 10001 --gid router --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin router
+# `pip install .` without extras, from the wheels built above (no compilers in this image).
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels triton-llm-router
+COPY docker/gunicorn.conf.py /etc/gunicorn/gunicorn.conf.py
+# The embedded default config (the chart mounts its ConfigMap over /etc/llm-router).
+COPY config/router.yaml /etc/llm-router/router.yaml
+USER 10001:10001
+EXPOSE 8080
+# router_service/wsgi.py: app = create_app(), reading env ROUTER_CONFIG.
+ENTRYPOINT ["gunicorn", "-c", "/etc/gunicorn/gunicorn.conf.py", "router_service.wsgi:app"]

@@ -1,0 +1,152 @@
+"""``python -m export.evaluate``: score a routing file with a served router-classifier version.
+
+Loads the version directory (default: the latest, as Triton serves it) through that version's own
+``model.py`` (tokenizers + onnxruntime, exactly Triton's code path), scores the ``prompt`` of every
+record, writes ``{"id", "score"}`` lines, prints one JSON line of routing metrics (router and
+random routing) and plots quality against the share of strong calls (router, random, oracle).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from export import metrics, repository
+from export.data import MODELS_FILE, load_models, load_routing_set
+
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    data: Path
+    scores: Path
+    model_repository: Path
+    model_name: str
+    version: int | None
+    plot: Path | None
+    models_json: Path | None
+    threads: int
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
+    p = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="routing JSONL (id, prompt, scores)")
+    p.add_argument("--scores", type=Path, required=True, help="output JSONL of {id, score}")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--model-name", default="router_classifier")
+    p.add_argument("--version", type=int, help="version to load (default: the latest)")
+    p.add_argument("--plot", type=Path, help="PNG path (default: next to --scores, .png)")
+    p.add_argument("--models-json", type=Path, help=f"weak/strong names (default: {MODELS_FILE} next to --data)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = as served)")
+    a = p.parse_args(argv)
+    return EvaluateOptions(a.data, a.scores, a.model_repository, a.model_name, a.version, a.plot, a.models_json, a.threads)
+
+
+def load_served_module(version_dir: Path) -> ModuleType:
+    """Import ``<version_dir>/model.py`` (the code Triton runs for this version)."""
+    name = f"router_classifier_v{version_dir.name}_{abs(hash(str(version_dir.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, version_dir / "model.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{version_dir / 'model.py'} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_runtime(version_dir: Path, threads: int = 0, device: str = "cpu") -> Any:
+    module = load_served_module(version_dir)
+    return module.ClassifierRuntime(version_dir, module.RuntimeSettings(device=device, intra_op_threads=threads))
+
+
+def score_prompts(runtime: Any, prompts: list[str], batch: int = BATCH) -> np.ndarray:
+    # Sorted by length so each batch pads little, as Triton's dynamic batches of similar requests would.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    scores = np.zeros(len(prompts), dtype=np.float32)
+    for start in range(0, len(order), batch):
+        index = order[start : start + batch]
+        scores[index] = runtime.score([prompts[i] for i in index])
+    return scores
+
+
+def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = metrics.GRID
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    curves = (
+        ("oracle", strong - weak, "tab:green", ":"),
+        ("router", scores, "tab:blue", "-"),
+        ("random", np.zeros_like(scores), "tab:gray", "--"),
+    )
+    for label, s, color, style in curves:
+        ax.plot(grid * 100, metrics.quality_curve(s, weak, strong, grid), style, color=color, label=label)
+    ax.axhline(weak.mean(), color="tab:red", lw=0.8, alpha=0.6)
+    ax.axhline(strong.mean(), color="tab:purple", lw=0.8, alpha=0.6)
+    ax.text(100, weak.mean(), " weak only", va="center", fontsize=8)
+    ax.text(100, strong.mean(), " strong only", va="center", fontsize=8)
+    ax.set_xlabel("share of prompts sent to the strong model (%)")
+    ax.set_ylabel("mean quality")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(opts: EvaluateOptions) -> dict[str, Any]:
+    model_dir = opts.model_repository / opts.model_name
+    version_dir = repository.version_dir(model_dir, opts.version)
+    models = load_models(opts.models_json or opts.data.parent / MODELS_FILE)
+    data = load_routing_set(opts.data, models)
+    ids, prompts = data.ids, data.prompts  # only the prompt goes to the model
+    print(f">> scoring {len(prompts)} prompts of {opts.data} with {version_dir}", flush=True)
+    runtime = load_runtime(version_dir, opts.threads)
+    started = time.monotonic()
+    scores = score_prompts(runtime, prompts)
+    seconds = time.monotonic() - started
+
+    opts.scores.parent.mkdir(parents=True, exist_ok=True)
+    with opts.scores.open("w", encoding="utf-8") as fh:
+        for i, s in zip(ids, scores):
+            fh.write(json.dumps({"id": i, "score": round(float(s), 7)}) + "\n")
+    router = metrics.routing_metrics(scores, data.weak, data.strong).as_dict()
+    rand = metrics.random_metrics(data.weak, data.strong).as_dict()
+    plot = opts.plot or opts.scores.with_suffix(".png")
+    plot_curves(plot, data.weak, data.strong, scores,
+                f"{opts.data.name}: {models.weak} vs {models.strong} (v{version_dir.name}, APGR {router['apgr']:.3f})"
+                if router["apgr"] is not None else f"{opts.data.name} (v{version_dir.name})")
+    print(f">> wrote {opts.scores} and {plot} ({seconds:.1f} s, {len(prompts) / max(seconds, 1e-9):.0f} prompts/s)",
+          flush=True)
+    keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")
+    return {"n": router["n"], "version": int(version_dir.name), **{k: router[k] for k in keys},
+            "random": {k: rand[k] for k in keys}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        result = run(opts)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"evaluate failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

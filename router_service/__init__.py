@@ -1,0 +1,1 @@
+"""OpenAI-compatible LLM router front end (Flask)."""

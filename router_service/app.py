@@ -1,0 +1,36 @@
+"""Flask app factory: builds the config, clients and routes; no module-level state."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from .api import RouterState
+from .api import bp as api_bp
+from .classifier_client import ClassifierClient
+from .config import RouterConfig, load_config
+from .errors import register_error_handlers
+from .health import bp as health_bp
+from .policy import Router
+from .targets import build_targets
+
+DEFAULT_CONFIG = "config/router.yaml"
+
+
+def create_app(config: RouterConfig | None = None) -> Flask:
+    """Build the app. Without an explicit config, read the YAML at $ROUTER_CONFIG."""
+    if config is None:
+        config = load_config(os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.json.sort_keys = False
+    classifiers = {
+        c.name: ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
+        for c in config.classifiers
+    }
+    app.extensions["router"] = RouterState(config=config, router=Router(config, classifiers),
+                                           targets=build_targets(config))
+    register_error_handlers(app)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(health_bp)
+    return app

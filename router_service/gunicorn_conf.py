@@ -1,0 +1,14 @@
+"""Gunicorn settings for the router (production WSGI server; used by `make run` and the image)."""
+import os
+
+bind = f"{os.environ.get('ROUTER_HOST', '127.0.0.1')}:{os.environ.get('ROUTER_PORT', '8080')}"
+# Threads, not processes, carry concurrency: requests mostly wait on Triton or an upstream API.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("ROUTER_THREADS", "16"))
+# Streams of long generations must not be killed by the worker timeout.
+timeout = int(os.environ.get("ROUTER_WORKER_TIMEOUT", "600"))
+graceful_timeout = 30
+keepalive = 75
+accesslog = os.environ.get("ROUTER_ACCESS_LOG", "-")
+errorlog = "-"

@@ -1,0 +1,82 @@
+"""`make run`: start Triton on the model repository and the router behind gunicorn, print the
+endpoint, and keep both running until Ctrl-C / SIGTERM; then stop both cleanly."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from .triton_launcher import TritonPorts, TritonServer
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the router exited with code {proc.returncode} during start-up")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the router was not ready at {url} after {timeout_s:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--config", type=Path, default=Path(os.environ.get("ROUTER_CONFIG", "config/router.yaml")))
+    parser.add_argument("--host", default=os.environ.get("ROUTER_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ROUTER_PORT", "8080")))
+    args = parser.parse_args(argv)
+
+    ports = TritonPorts(http=int(os.environ.get("TRITON_HTTP_PORT", "8000")),
+                        grpc=int(os.environ.get("TRITON_GRPC_PORT", "8001")),
+                        metrics=int(os.environ.get("TRITON_METRICS_PORT", "8002")))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    started = time.monotonic()
+    triton = TritonServer(args.model_repository.resolve(), ports=ports)
+    router: subprocess.Popen[bytes] | None = None
+    try:
+        print(f">> starting Triton on {args.model_repository} (http {ports.http}, grpc {ports.grpc})", flush=True)
+        triton.start()
+        env = {**os.environ,
+               "ROUTER_CONFIG": str(args.config.resolve()),
+               "ROUTER_HOST": args.host, "ROUTER_PORT": str(args.port),
+               "TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url}
+        print(f">> starting the router (gunicorn) on {args.host}:{args.port}", flush=True)
+        router = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(Path(__file__).with_name(
+            "gunicorn_conf.py")), "router_service.wsgi:app"], env=env)
+        _wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
+        print(f"\n>> ready in {time.monotonic() - started:.1f}s: OpenAI base URL http://{args.host}:{args.port}/v1 "
+              f"(model \"router\"); Ctrl-C stops\n", flush=True)
+        while not stop.is_set() and router.poll() is None and triton.is_running():
+            stop.wait(1.0)
+        if not stop.is_set():
+            print(">> a component exited unexpectedly; shutting down", file=sys.stderr, flush=True)
+            return 1
+        return 0
+    finally:
+        print(">> stopping", flush=True)
+        if router is not None and router.poll() is None:
+            router.terminate()
+            try:
+                router.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                router.kill()
+        triton.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

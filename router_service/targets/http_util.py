@@ -1,0 +1,76 @@
+"""HTTP plumbing shared by the adapters: error mapping and server-sent-event parsing."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+
+from .base import TargetError
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error if error is not None else body)[:500]
+
+
+def check_response(resp: requests.Response, target: str) -> None:
+    """Turn an upstream HTTP error into a TargetError with the status the client should see."""
+    if resp.ok:
+        return
+    message = f"target '{target}' answered {resp.status_code}: {_error_message(resp)}"
+    if resp.status_code == 429:
+        raise TargetError(message, 429, code="rate_limited", retry_after_s=_retry_after(resp))
+    if resp.status_code >= 500:
+        raise TargetError(message, 502, code="upstream_error")
+    # 4xx: the upstream rejected what the client asked for; retrying elsewhere will not help.
+    raise TargetError(message, 400, code="upstream_rejected", retryable=False)
+
+
+@contextmanager
+def upstream_call(target: str) -> Iterator[None]:
+    """Map connection-level failures to 502/503/504 TargetErrors."""
+    try:
+        yield
+    except requests.ConnectionError as exc:
+        raise TargetError(f"target '{target}' is unreachable: {exc.__class__.__name__}", 503,
+                          code="upstream_unavailable") from exc
+    except requests.Timeout as exc:
+        raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
+    except requests.RequestException as exc:
+        raise TargetError(f"target '{target}' failed: {exc}", 502, code="upstream_error") from exc
+
+
+def iter_sse_json(resp: requests.Response, target: str) -> Iterator[dict[str, Any]]:
+    """Yield the JSON payload of each ``data:`` event until ``[DONE]`` or the end of the stream."""
+    for line in resp.iter_lines(chunk_size=None, decode_unicode=False):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise TargetError(f"target '{target}' sent an invalid stream event", 502) from exc
+        if isinstance(event, dict) and "error" in event:
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise TargetError(f"target '{target}' stream error: {message}", 502)
+        yield event

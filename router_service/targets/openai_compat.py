@@ -1,0 +1,100 @@
+"""Any OpenAI-compatible API (OpenAI, vLLM, llama.cpp server, ...), forwarded with requests."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from ..config import TargetConfig
+from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
+from .http_util import check_response, iter_sse_json, upstream_call
+
+
+class OpenAITarget:
+    kind = "openai"
+
+    def __init__(self, config: TargetConfig, base_url: str, session: requests.Session) -> None:
+        self.name = config.name
+        self.config = config
+        self._session = session
+        self._base_url = base_url
+        self._timeout = (config.connect_timeout_s, config.read_timeout_s)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key_env:
+            key = os.environ.get(self.config.api_key_env)
+            if not key:
+                raise TargetError(f"target '{self.name}': environment variable {self.config.api_key_env} "
+                                  "(its API key) is not set", 503, code="upstream_misconfigured")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _payload(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
+        payload: dict[str, Any] = {"model": self.config.model, **request.passthrough}
+        if request.messages is not None:
+            path = "/chat/completions"
+            payload["messages"] = [m.raw for m in request.messages]
+        else:
+            path = "/completions"
+            payload["prompt"] = request.prompt or ""
+        for key in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(request, key)
+            if value is not None:
+                payload[key] = value
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        return path, payload
+
+    @staticmethod
+    def _usage(body: dict[str, Any]) -> Usage | None:
+        usage = body.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+    def complete(self, request: GenerationRequest) -> Completion:
+        path, payload = self._payload(request, stream=False)
+        with upstream_call(self.name):
+            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(),
+                                      timeout=self._timeout)
+        check_response(resp, self.name)
+        try:
+            body = resp.json()
+            choice = body["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise TargetError(f"target '{self.name}' sent a malformed completion", 502) from exc
+        if request.messages is not None:
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            extra = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
+        else:
+            text, extra = choice.get("text") or "", {}
+        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                          usage=self._usage(body) or Usage(), message_extra=extra)
+
+    def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
+        path, payload = self._payload(request, stream=True)
+        with upstream_call(self.name):
+            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(),
+                                      timeout=self._timeout, stream=True)
+        with resp:
+            check_response(resp, self.name)
+            with upstream_call(self.name):
+                for event in iter_sse_json(resp, self.name):
+                    usage = self._usage(event)
+                    for choice in event.get("choices") or []:
+                        if request.messages is not None:
+                            delta = choice.get("delta") or {}
+                            text = delta.get("content") or ""
+                            extra = {k: v for k, v in delta.items() if k not in ("role", "content") and v is not None}
+                        else:
+                            text, extra = choice.get("text") or "", {}
+                        yield Chunk(text=text, finish_reason=choice.get("finish_reason"), delta_extra=extra)
+                    if usage is not None:
+                        yield Chunk(usage=usage)

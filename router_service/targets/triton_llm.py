@@ -1,0 +1,79 @@
+"""LLMs hosted on Triton, called through Triton's generate extension.
+
+Tensor contract (model_repository/<llm>/config.pbtxt): inputs ``messages`` (JSON chat
+messages; the model applies its chat template) or ``text_input`` (raw prompt), ``max_tokens``,
+``temperature``, ``top_p``, ``stop`` (JSON list), ``seed``, ``stream``; outputs ``text_output``,
+``finish_reason``, ``prompt_tokens``, ``completion_tokens``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from ..config import TargetConfig
+from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
+from .http_util import check_response, iter_sse_json, upstream_call
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class TritonLLMTarget:
+    kind = "triton"
+
+    def __init__(self, config: TargetConfig, base_url: str, session: requests.Session) -> None:
+        self.name = config.name
+        self.config = config
+        self._session = session
+        self._generate_url = f"{base_url}/v2/models/{config.model}/generate"
+        self._stream_url = f"{base_url}/v2/models/{config.model}/generate_stream"
+        self._timeout = (config.connect_timeout_s, config.read_timeout_s)
+
+    def _payload(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
+        if request.passthrough.get("tools") or request.passthrough.get("response_format"):
+            raise TargetError(f"target '{self.name}' (a local Triton LLM) supports neither 'tools' nor "
+                              "'response_format'", 400, code="unsupported_parameter", retryable=False)
+        payload: dict[str, Any] = {
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "stream": stream,
+        }
+        if request.messages is not None:
+            payload["messages"] = json.dumps([{"role": m.role, "content": m.content} for m in request.messages])
+        else:
+            payload["text_input"] = request.prompt or ""
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        if request.top_p is not None:
+            payload["top_p"] = request.top_p
+        if request.stop:
+            payload["stop"] = json.dumps(list(request.stop))
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        return payload
+
+    @staticmethod
+    def _usage(event: dict[str, Any]) -> Usage:
+        return Usage(int(event.get("prompt_tokens") or 0), int(event.get("completion_tokens") or 0))
+
+    def complete(self, request: GenerationRequest) -> Completion:
+        payload = self._payload(request, stream=False)
+        with upstream_call(self.name):
+            resp = self._session.post(self._generate_url, json=payload, timeout=self._timeout)
+        check_response(resp, self.name)
+        event = resp.json()
+        return Completion(text=str(event.get("text_output", "")), finish_reason=event.get("finish_reason") or "stop",
+                          usage=self._usage(event))
+
+    def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
+        payload = self._payload(request, stream=True)
+        with upstream_call(self.name):
+            resp = self._session.post(self._stream_url, json=payload, timeout=self._timeout, stream=True)
+        with resp:
+            check_response(resp, self.name)
+            with upstream_call(self.name):
+                for event in iter_sse_json(resp, self.name):
+                    finish = event.get("finish_reason") or None
+                    yield Chunk(text=str(event.get("text_output", "")), finish_reason=finish,
+                                usage=self._usage(event) if finish else None)

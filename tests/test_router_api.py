@@ -1,0 +1,223 @@
+"""The router end to end: real gunicorn router -> real Triton (classifier + local LLMs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from router_service.classifier_client import ClassifierClient
+from router_service.triton_launcher import TritonPorts, TritonServer, free_port
+
+from .conftest import router_config_dict, run_router
+
+CHAT = "/v1/chat/completions"
+PROMPTS = [
+    "What is the capital of France?",
+    "Prove that there are infinitely many primes, then generalise the argument to primes of the form 4k+3.",
+    "Say hello.",
+    "Find the degree of the field extension Q(sqrt(2), sqrt(3)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:",
+]
+
+
+def _chat(url: str, **body: object) -> requests.Response:
+    body.setdefault("model", "router")
+    body.setdefault("messages", [{"role": "user", "content": "Say hello in one short sentence."}])
+    body.setdefault("max_tokens", 12)
+    body.setdefault("temperature", 0)
+    return requests.post(url + CHAT, json=body, timeout=120)
+
+
+def _sse_events(resp: requests.Response) -> list[str]:
+    return [line[len("data: "):] for line in resp.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+
+
+def test_classifier_through_triton_batch(triton: TritonServer) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    batch = client.score(PROMPTS)
+    assert len(batch) == len(PROMPTS)
+    assert all(0.0 <= s <= 1.0 for s in batch)
+    assert client.score(PROMPTS) == pytest.approx(batch, abs=1e-6)  # deterministic
+    singles = [client.score([p])[0] for p in PROMPTS]
+    assert singles == pytest.approx(batch, abs=1e-5)  # batching/padding does not change a score
+    assert len(set(round(s, 6) for s in batch)) > 1  # the scores depend on the prompt
+    client.close()
+
+
+def test_models_lists_policies_and_targets(router_url: str) -> None:
+    resp = requests.get(router_url + "/v1/models", timeout=10)
+    assert resp.status_code == 200
+    models = {m["id"]: m for m in resp.json()["data"]}
+    assert models["router"]["router"]["kind"] == "policy"
+    assert models["router:default"]["router"]["weak"] == "smollm2-135m"
+    assert models["smollm2-135m"]["router"]["target_kind"] == "triton"
+    assert models["gemma3-270m"]["owned_by"] == "triton"
+
+
+def test_automatic_routing_uses_the_classifier(router_url: str, triton: TritonServer) -> None:
+    prompt = PROMPTS[1]
+    resp = _chat(router_url, messages=[{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": prompt}])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    score = float(resp.headers["x-router-score"])
+    expected = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30).score([prompt])[0]
+    assert score == pytest.approx(expected, abs=1e-5)  # the last user turn is what was classified
+    target = "gemma3-270m" if score >= 0.5 else "smollm2-135m"
+    assert resp.headers["x-router-target"] == body["model"] == target
+    assert resp.headers["x-router-policy"] == "default"
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["message"]["content"].strip()
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert float(resp.headers["x-router-overhead-ms"]) >= 0
+    assert resp.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("threshold, target", [(0.0, "gemma3-270m"), (1.0, "smollm2-135m")])
+def test_threshold_override_picks_the_target(router_url: str, threshold: float, target: str) -> None:
+    resp = _chat(router_url, router={"threshold": threshold}, max_tokens=4)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-router-target"] == target
+
+
+def test_manual_routing_skips_the_classifier(router_url: str) -> None:
+    resp = _chat(router_url, model="smollm2-135m", max_tokens=4, stop=["\n"])
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-router-target"] == "smollm2-135m"
+    assert resp.headers["x-router-policy"] == "manual"
+    assert "x-router-score" not in resp.headers
+    assert resp.headers["x-request-id"]
+
+
+def test_request_id_is_propagated(router_url: str) -> None:
+    resp = requests.post(router_url + CHAT, headers={"X-Request-ID": "abc-123"},
+                         json={"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}],
+                               "max_tokens": 2}, timeout=60)
+    assert resp.headers["x-request-id"] == "abc-123"
+
+
+@pytest.mark.parametrize("model", ["router", "smollm2-135m"])
+def test_streaming_matches_non_streaming(router_url: str, model: str) -> None:
+    messages = [{"role": "user", "content": "Name three colours."}]
+    plain = _chat(router_url, model=model, messages=messages, max_tokens=16)
+    assert plain.status_code == 200, plain.text
+    with requests.post(router_url + CHAT, json={"model": model, "messages": messages, "max_tokens": 16,
+                                                "temperature": 0, "stream": True,
+                                                "stream_options": {"include_usage": True}},
+                       stream=True, timeout=120) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["x-router-target"] == plain.headers["x-router-target"]
+        events = _sse_events(resp)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain.json()["choices"][0]["message"]["content"]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finishes == [plain.json()["choices"][0]["finish_reason"]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain.json()["usage"]
+
+
+# --- client errors: OpenAI-style error JSON, the right 4xx, and the service keeps working ---
+
+def _assert_error(resp: requests.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and error["type"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize(
+    "data, status, param",
+    [
+        (b"{not json", 400, None),
+        (b"", 400, None),
+        (b"[1, 2]", 400, None),
+        (json.dumps({"model": "router"}).encode(), 400, "messages"),
+        (json.dumps({"model": "router", "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
+        (json.dumps({"model": "router", "messages": "hello"}).encode(), 422, "messages"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": 5}]}).encode(), 422,
+         "messages[0].content"),
+        (json.dumps({"model": "router", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400,
+         "messages[0].role"),
+        (json.dumps({"model": "router", "messages": [{"role": "user"}]}).encode(), 400, "messages[0].content"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
+                     "temperature": "hot"}).encode(), 422, "temperature"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
+                     "temperature": 3}).encode(), 400, "temperature"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
+                     "max_tokens": 0}).encode(), 400, "max_tokens"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
+                     "stream": "yes"}).encode(), 422, "stream"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), 400,
+         "n"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
+                     "router": {"threshold": 2}}).encode(), 400, "router.threshold"),
+        (json.dumps({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
+        (json.dumps({"model": "router:nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404,
+         "model"),
+    ],
+)
+def test_client_errors(router_url: str, data: bytes, status: int, param: str | None) -> None:
+    resp = requests.post(router_url + CHAT, data=data, headers={"Content-Type": "application/json"}, timeout=10)
+    _assert_error(resp, status, param)
+
+
+def test_body_over_the_limit_is_413(router_url: str) -> None:
+    big = {"model": "router", "messages": [{"role": "user", "content": "x" * 1_100_000}]}
+    _assert_error(requests.post(router_url + CHAT, json=big, timeout=30), 413)
+
+
+def test_unknown_route_and_method(router_url: str) -> None:
+    _assert_error(requests.get(router_url + "/v1/nothing", timeout=5), 404)
+    _assert_error(requests.get(router_url + CHAT, timeout=5), 405)
+
+
+def test_service_keeps_working_after_errors(router_url: str) -> None:
+    for _ in range(3):
+        requests.post(router_url + CHAT, data=b"{", timeout=5)
+    assert _chat(router_url, model="smollm2-135m", max_tokens=2).status_code == 200
+
+
+def test_unreachable_target_is_503(triton: TritonServer, tmp_path: Path) -> None:
+    config = router_config_dict(triton)
+    config["targets"].append({"name": "down", "kind": "triton", "model": "smollm2_135m", "context_window": 2048,
+                              "url": f"http://127.0.0.1:{free_port()}"})
+    with run_router(config, tmp_path) as url:
+        error = _assert_error(_chat(url, model="down"), 503)
+        assert error["type"] == "api_error" and "down" in error["message"]
+        with requests.post(url + CHAT, json={"model": "down", "stream": True,
+                                             "messages": [{"role": "user", "content": "x"}]}, timeout=30) as resp:
+            _assert_error(resp, 503)
+
+
+def test_readiness_follows_triton(model_repo: Path, tmp_path: Path) -> None:
+    """A Triton of our own (classifier only) so that stopping it leaves the shared one alone."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "router_classifier").symlink_to(model_repo / "router_classifier")
+    server = TritonServer(repo, ports=TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
+                          log_file=tmp_path / "triton.log")
+    server.start(timeout_s=300)
+    try:
+        with run_router(router_config_dict(server), tmp_path) as url:
+            ready = requests.get(url + "/health/ready", timeout=30)
+            assert ready.status_code == 200 and ready.json()["status"] == "ready"
+            server.stop()
+            not_ready = requests.get(url + "/health/ready", timeout=30)
+            assert not_ready.status_code == 503 and not_ready.json()["status"] == "not_ready"
+            assert requests.get(url + "/health/live", timeout=5).status_code == 200
+            # With the classifier gone, automatic routing answers 503, not 500.
+            _assert_error(_chat(url), 503)
+    finally:
+        server.stop()
