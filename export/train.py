@@ -140,7 +140,7 @@ def train_classifier(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += float(out.loss) * len(index)
+            running += out.loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         bar.close()

@@ -8,10 +8,12 @@ from flask import Flask
 from .api import RouterState
 from .api import bp as api_bp
 from .classifier_client import ClassifierClient
+from .dispatch import Dispatcher
 from .config import RouterConfig, load_config
 from .errors import register_error_handlers
 from .health import bp as health_bp
 from .policy import Router
+from .stats import Stats
 from .targets import build_targets
 
 DEFAULT_CONFIG = "config/router.yaml"
@@ -29,7 +31,8 @@ def create_app(config: RouterConfig | None = None) -> Flask:
         for c in config.classifiers
     }
     app.extensions["router"] = RouterState(config=config, router=Router(config, classifiers),
-                                           targets=build_targets(config))
+                                           dispatcher=Dispatcher(build_targets(config), config.reliability),
+                                           stats=Stats())
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import APIError, bad_request, invalid_value
+from .errors import bad_request, invalid_value
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Passed through untouched to targets that understand them (OpenAI-compatible APIs).
@@ -168,14 +168,30 @@ def parse_stop(value: Any) -> tuple[str, ...]:
     raise invalid_value("'stop' must be a string or an array of strings.", param="stop", code="invalid_type")
 
 
-def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A legacy /v1/completions request (single prompt)."""
+
+    model: str
+    prompt: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    router: RouterOverrides = RouterOverrides()
+    passthrough: dict[str, Any] = field(default_factory=dict)
+
+
+def _common(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields chat and legacy completions share."""
     model = body.get("model")
     if model is None:
         raise bad_request("'model' is required.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise invalid_value("'model' must be a non-empty string.", param="model", code="invalid_type")
-    messages = parse_messages(body.get("messages"))
-
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
@@ -200,10 +216,13 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid_value("'user' must be a string.", param="user", code="invalid_type")
-
-    return ChatRequest(
+    for name in ("tools", "response_format"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, list if name == "tools" else dict):
+            raise invalid_value(f"'{name}' must be {'an array' if name == 'tools' else 'an object'}.", param=name,
+                                code="invalid_type")
+    return dict(
         model=model,
-        messages=messages,
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0),
@@ -216,4 +235,35 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
     )
 
 
-__all__ = ["APIError", "ChatRequest", "Message", "RouterOverrides", "parse_chat_request", "parse_json_body"]
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    common = _common(body)
+    return ChatRequest(messages=parse_messages(body.get("messages")), **common)
+
+
+LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
+    common = _common(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("'prompt' is required.", param="prompt", code="missing_required_parameter")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        raise bad_request("Only a single prompt (a string) is supported.", param="prompt", code="unsupported_value")
+    if not isinstance(prompt, str):
+        raise invalid_value("'prompt' must be a string.", param="prompt", code="invalid_type")
+    for name in ("echo", "suffix", "logprobs", "best_of"):
+        if body.get(name) not in (None, False, 1 if name == "best_of" else None):
+            raise bad_request(f"'{name}' is not supported by the router.", param=name, code="unsupported_parameter")
+    if common["passthrough"].get("tools") or common["passthrough"].get("response_format"):
+        raise bad_request("'tools' and 'response_format' belong to chat completions.", param="tools",
+                          code="unsupported_parameter")
+    if common["max_tokens"] is None:
+        common["max_tokens"] = LEGACY_DEFAULT_MAX_TOKENS
+    return CompletionRequest(prompt=prompt, **common)
+
+
+__all__ = ["ChatRequest", "CompletionRequest", "Message", "RouterOverrides", "parse_chat_request",
+           "parse_completion_request", "parse_json_body"]

@@ -2,10 +2,17 @@
 
 One gRPC channel per process, created once in the app factory and reused by every request
 (gRPC channels are thread-safe), so the hot path does no connection set-up.
+
+Besides ``score`` the exported model can return ``strong_share``: the share of its calibration
+prompts that score at or above this prompt. Sending a prompt to the strong model iff its
+strong_share <= s sends about s of the traffic there, with no threshold kept in the router,
+so the calibration always belongs to the model version that scored the prompt.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -16,31 +23,72 @@ class ClassifierUnavailable(RuntimeError):
     """Triton or the classifier model could not answer."""
 
 
+@dataclass(frozen=True)
+class Classification:
+    score: float  # P(strong model needed)
+    strong_share: float | None  # None when the model carries no calibration
+
+
 class ClassifierClient:
     INPUT = "text"
-    OUTPUT = "score"
+    SCORE = "score"
+    SHARE = "strong_share"
+    CALIBRATION = "calibration"
 
     def __init__(self, grpc_url: str, model: str, version: str = "", timeout_s: float = 2.0) -> None:
         self._client = grpcclient.InferenceServerClient(url=grpc_url)
         self.model = model
         self.version = version
         self.timeout_s = timeout_s
-        self._outputs = [grpcclient.InferRequestedOutput(self.OUTPUT)]
+        self._lock = threading.Lock()
+        self._outputs: list[grpcclient.InferRequestedOutput] | None = None
 
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """Scores in [0, 1], one per text, in order."""
+    def _requested_outputs(self) -> list[grpcclient.InferRequestedOutput]:
+        """SCORE, plus SHARE when the served model has it (read once from its metadata)."""
+        if self._outputs is None:
+            with self._lock:
+                meta = self._client.get_model_metadata(self.model, self.version, as_json=True,
+                                                       client_timeout=self.timeout_s)
+                names = {o["name"] for o in meta.get("outputs", [])}
+                self._outputs = [grpcclient.InferRequestedOutput(n) for n in (self.SCORE, self.SHARE) if n in names]
+        return self._outputs
+
+    def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput]):  # noqa: ANN202
         batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         inp = grpcclient.InferInput(self.INPUT, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch)
+        return self._client.infer(self.model, [inp], model_version=self.version, outputs=outputs,
+                                  client_timeout=self.timeout_s)
+
+    def classify(self, texts: Sequence[str]) -> list[Classification]:
         try:
-            result = self._client.infer(self.model, [inp], model_version=self.version, outputs=self._outputs,
-                                        client_timeout=self.timeout_s)
+            result = self._infer(texts, self._requested_outputs())
         except InferenceServerException as exc:
+            self._outputs = None  # the model may have been reloaded with other outputs
             raise ClassifierUnavailable(f"classifier {self.model!r} failed: {exc.message()}") from exc
-        scores = result.as_numpy(self.OUTPUT)
+        scores = result.as_numpy(self.SCORE)
         if scores is None:
-            raise ClassifierUnavailable(f"classifier {self.model!r} returned no '{self.OUTPUT}' output")
-        return [float(s) for s in scores.reshape(-1)]
+            raise ClassifierUnavailable(f"classifier {self.model!r} returned no '{self.SCORE}' output")
+        shares = result.as_numpy(self.SHARE)
+        flat_shares = [None] * len(texts) if shares is None else [float(s) for s in shares.reshape(-1)]
+        return [Classification(float(s), share) for s, share in zip(scores.reshape(-1), flat_shares)]
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Scores in [0, 1], one per text, in order."""
+        return [c.score for c in self.classify(texts)]
+
+    def calibration(self) -> dict[str, float] | None:
+        """The served version's thresholds for strong shares 0.1 … 0.9, if it has a calibration."""
+        try:
+            if self.SHARE not in {o.name() for o in self._requested_outputs()}:
+                return None
+            result = self._infer([""], [grpcclient.InferRequestedOutput(self.CALIBRATION)])
+        except InferenceServerException:
+            return None
+        values = result.as_numpy(self.CALIBRATION)
+        if values is None:
+            return None
+        return {f"{(i + 1) / 10:.1f}": round(float(v), 6) for i, v in enumerate(values.reshape(-1))}
 
     def is_ready(self) -> bool:
         try:

@@ -75,21 +75,145 @@ class TargetConfig(_Strict):
     api_key_env: str | None = Field(None, description="Name of the env var holding the API key.")
     connect_timeout_s: float = Field(2.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)
+    # Completion budget assumed when a request gives no max_tokens (context-window checks, local LLMs).
+    default_max_tokens: int = Field(256, gt=0)
+    # Where the prompt may go: the privacy rule keeps matching prompts on self-hosted targets.
+    self_hosted: bool | None = Field(None, description="Default: true for kind triton, false for openai.")
+    supports_tools: bool | None = Field(None, description="tools / response_format; default: kind openai.")
+    # A tokenizer.json for exact prompt-token counts; without one the router uses a documented estimate.
+    tokenizer: str | None = None
+    # Tried in order when this target fails (connection error, 5xx, 429) or its circuit is open.
+    fallbacks: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "TargetConfig":
         if self.kind == "openai" and not self.url:
             raise ValueError(f"target {self.name!r}: kind 'openai' needs a url")
+        if self.name in self.fallbacks:
+            raise ValueError(f"target {self.name!r} lists itself as a fallback")
         return self
+
+    @property
+    def is_self_hosted(self) -> bool:
+        return self.kind == "triton" if self.self_hosted is None else self.self_hosted
+
+    @property
+    def can_use_tools(self) -> bool:
+        return self.kind == "openai" if self.supports_tools is None else self.supports_tools
+
+
+class WindowConfig(_Strict):
+    """Which part of the conversation the classifier reads."""
+
+    # The last N user turns, with the assistant turns between them.
+    last_turns: int = Field(1, ge=1)
+    include_system: bool = False
+    # The classifier truncates to its own token limit; this bounds the text sent (most recent kept).
+    max_chars: int = Field(4000, gt=0)
+
+
+class Tier(_Strict):
+    target: str
+    # Scores below this go to this tier; the last tier takes the rest and has no bound.
+    max_score: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class PolicyConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["threshold", "tiered"] = "threshold"
     classifier: str
-    weak: str
-    strong: str
-    # The probability that the strong target is needed, at or above which it is chosen.
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # threshold policies: strong iff P(strong needed) >= threshold, or the score cut that sends
+    # `strong_share` of traffic to the strong target (from the exported model's calibration).
+    weak: str | None = None
+    strong: str | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    strong_share: float | None = Field(None, ge=0.0, le=1.0)
+    # tiered policies: targets ordered by price, each taking a band of scores.
+    tiers: list[Tier] = Field(default_factory=list)
+    window: WindowConfig = WindowConfig()
+    # Served when the classifier is unavailable (fail open); default: the strongest target.
+    fail_open_target: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "PolicyConfig":
+        if self.kind == "threshold":
+            if not (self.weak and self.strong):
+                raise ValueError(f"policy {self.name!r}: a threshold policy needs weak and strong targets")
+            if self.tiers:
+                raise ValueError(f"policy {self.name!r}: tiers belong to kind 'tiered'")
+            if self.threshold is not None and self.strong_share is not None:
+                raise ValueError(f"policy {self.name!r}: give threshold or strong_share, not both")
+        else:
+            if len(self.tiers) < 2 or self.weak or self.strong:
+                raise ValueError(f"policy {self.name!r}: a tiered policy needs two or more tiers (no weak/strong)")
+            bounds = [t.max_score for t in self.tiers]
+            if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
+                raise ValueError(f"policy {self.name!r}: every tier but the last needs max_score")
+            if any(a >= b for a, b in zip(bounds[:-2], bounds[1:-1])):
+                raise ValueError(f"policy {self.name!r}: tier max_score values must increase")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """Every target the policy can pick, cheapest first."""
+        if self.kind == "threshold":
+            return [self.weak, self.strong]  # type: ignore[list-item]
+        return [t.target for t in self.tiers]
+
+    @property
+    def effective_threshold(self) -> float:
+        return 0.5 if self.threshold is None else self.threshold
+
+
+class RuleConfig(_Strict):
+    """Pins matching prompts to a target before the classifier runs."""
+
+    name: str = Field(min_length=1)
+    target: str
+    pattern: str | None = None
+    keywords: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_matcher(self) -> "RuleConfig":
+        if not self.pattern and not self.keywords:
+            raise ValueError(f"rule {self.name!r} needs a pattern or keywords")
+        if self.pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"rule {self.name!r}: invalid pattern: {exc}") from exc
+        return self
+
+
+class PrivacyConfig(_Strict):
+    """Prompts matching these stay on self-hosted targets, fallbacks included."""
+
+    enabled: bool = True
+    builtin: list[Literal["email", "credit_card", "iban", "phone"]] = Field(
+        default_factory=lambda: ["email", "credit_card"])
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid privacy pattern {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class CircuitBreakerConfig(_Strict):
+    failure_threshold: int = Field(3, ge=1, description="Failures within window_s that open the circuit.")
+    window_s: float = Field(30.0, gt=0)
+    cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit rejects calls.")
+
+
+class ReliabilityConfig(_Strict):
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    # A 429 whose Retry-After is at most this is retried on the same target after waiting.
+    max_retry_after_s: float = Field(2.0, ge=0)
 
 
 class RouterConfig(_Strict):
@@ -99,8 +223,11 @@ class RouterConfig(_Strict):
     targets: list[TargetConfig] = Field(min_length=1)
     policies: list[PolicyConfig] = Field(min_length=1)
     default_policy: str
+    rules: list[RuleConfig] = Field(default_factory=list)
+    privacy: PrivacyConfig = PrivacyConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
 
-    @field_validator("classifiers", "targets", "policies")
+    @field_validator("classifiers", "targets", "policies", "rules")
     @classmethod
     def _unique_names(cls, items: list[Any]) -> list[Any]:
         names = [item.name for item in items]
@@ -118,10 +245,24 @@ class RouterConfig(_Strict):
             if policy.classifier not in classifiers:
                 raise ValueError(f"policy {policy.name!r}: unknown classifier {policy.classifier!r}")
             for role in ("weak", "strong"):
-                if getattr(policy, role) not in targets:
-                    raise ValueError(
-                        f"policy {policy.name!r}: unknown {role} target {getattr(policy, role)!r}"
-                    )
+                name = getattr(policy, role)
+                if name is not None and name not in targets:
+                    raise ValueError(f"policy {policy.name!r}: unknown {role} target {name!r}")
+            for name in [t.target for t in policy.tiers] + [policy.fail_open_target]:
+                if name is not None and name not in targets:
+                    raise ValueError(f"policy {policy.name!r}: unknown target {name!r}")
+        for target in self.targets:
+            for name in target.fallbacks:
+                if name not in targets:
+                    raise ValueError(f"target {target.name!r}: unknown fallback {name!r}")
+        for rule in self.rules:
+            if rule.target not in targets:
+                raise ValueError(f"rule {rule.name!r}: unknown target {rule.target!r}")
+        for policy in self.policies:
+            prices = [self.target(t).usd_per_1m_input_tokens + self.target(t).usd_per_1m_output_tokens
+                      for t in policy.targets]
+            if policy.kind == "tiered" and prices != sorted(prices):
+                raise ValueError(f"policy {policy.name!r}: tiers must be ordered by price, cheapest first")
         if self.default_policy not in policies:
             raise ValueError(f"default_policy {self.default_policy!r} is not a policy")
         clash = targets & {f"router:{p}" for p in policies} | (targets & {"router"})

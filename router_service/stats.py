@@ -1,0 +1,74 @@
+"""Running cost and usage totals, by target and by policy.
+
+Savings of a policy-routed answer = what its tokens would have cost on the policy's strong
+target (the most expensive one, for tiered policies) minus what they cost on the target that
+served it. Totals are per router process (one gunicorn worker by default; per pod in Kubernetes).
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .targets import Usage
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    baseline_cost_usd: float = 0.0  # policy-routed requests only: the always-strong cost
+
+    @property
+    def savings_usd(self) -> float:
+        return self.baseline_cost_usd - self.cost_usd if self.baseline_cost_usd else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "savings_usd": round(self.savings_usd, 10)}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_target: dict[str, Totals] = defaultdict(Totals)
+        self._by_policy: dict[str, Totals] = defaultdict(Totals)
+        self._total = Totals()
+        self._fallbacks = 0
+        self._degraded = 0
+
+    def record(self, target: str, policy: str | None, usage: Usage, cost_usd: float,
+               baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False) -> None:
+        with self._lock:
+            buckets = [self._by_target[target], self._total]
+            if policy is not None:
+                buckets.append(self._by_policy[policy])
+            for totals in buckets:
+                totals.requests += 1
+                totals.prompt_tokens += usage.prompt_tokens
+                totals.completion_tokens += usage.completion_tokens
+                totals.cost_usd += cost_usd
+            if policy is not None and baseline_cost_usd is not None:
+                self._by_policy[policy].baseline_cost_usd += baseline_cost_usd
+                self._total.baseline_cost_usd += baseline_cost_usd
+            self._fallbacks += int(fallback)
+            self._degraded += int(degraded)
+
+    def record_error(self, target: str | None) -> None:
+        with self._lock:
+            self._total.errors += 1
+            if target is not None:
+                self._by_target[target].errors += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "total": self._total.as_dict(),
+                "by_target": {k: v.as_dict() for k, v in sorted(self._by_target.items())},
+                "by_policy": {k: v.as_dict() for k, v in sorted(self._by_policy.items())},
+                "fallbacks": self._fallbacks,
+                "degraded": self._degraded,
+            }

@@ -1,0 +1,309 @@
+"""`python -m export` end to end on a tiny subset, versioning, evaluation and the served code path.
+
+The exports fine-tune on a few hundred prompts for one epoch (about a minute each on 2 CPU
+cores), into a temporary copy of the model repository: the project's repository is untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from export import repository
+from export.pipeline import MODEL_NAME, TEMPLATE
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64"]
+VERSION_FILES = {"model.onnx", "model.py", "metadata.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+
+pytest.importorskip("torch")
+pytest.importorskip("optimum.exporters.onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _routing_dir() -> Path:
+    path = Path(os.environ.get("ROUTING_DATA", ROOT.parent / "shared" / "routing"))
+    if not path.is_absolute():
+        path = (ROOT / path).resolve()
+    if not (path / "mmlu-train.jsonl").is_file():
+        pytest.skip(f"routing data not found at {path}")
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
+    return proc
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def fresh_repository(tmp: Path) -> Path:
+    """A copy of the project's model repository without any exported versions."""
+    repo = tmp / "model_repository"
+    (repo / MODEL_NAME).mkdir(parents=True)
+    shutil.copy2(ROOT / "model_repository" / MODEL_NAME / "config.pbtxt", repo / MODEL_NAME / "config.pbtxt")
+    return repo
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    data = _routing_dir()
+    repo = fresh_repository(tmp_path_factory.mktemp("export"))
+    proc = run_module("export", "--data-dir", str(data), "--model-repository", str(repo), *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return SimpleNamespace(data=data, repo=repo, model_dir=repo / MODEL_NAME, stdout=proc.stdout,
+                           summary=last_json(proc.stdout))
+
+
+def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
+    version = exported.model_dir / "1"
+    assert VERSION_FILES <= {p.name for p in version.iterdir()}
+    assert (version / "model.py").read_bytes() == TEMPLATE.read_bytes()
+    assert not [p for p in exported.model_dir.iterdir() if p.name.startswith(".")], "staging dir left behind"
+
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["max_length"] == 64
+    assert meta["hyperparameters"]["epochs"] == 1
+    assert meta["models"] == {"weak": "mixtral-8x7b-instruct-v0.1", "strong": "gpt-4-1106-preview"}
+    train_file = exported.data / "mmlu-train.jsonl"
+    assert meta["data"]["train"]["sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
+    assert meta["data"]["train"]["records_used"] == 256 and meta["data"]["val"]["records_used"] == 128
+    assert meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
+
+    summary = exported.summary
+    assert summary["version"] == 1 and summary["n"] == 128
+    for key in ("apgr", "auc", "cpt50", "cpt80", "strong_share_at_95"):
+        assert key in summary
+    assert summary["random"]["apgr"] == pytest.approx(0.5)
+    assert "max abs diff probability" in exported.stdout and "epoch 1" in exported.stdout
+
+
+def test_has_version_cli(exported: SimpleNamespace, tmp_path: Path) -> None:
+    assert run_module("export.repository", "--has-version", str(exported.model_dir)).returncode == 0
+    assert run_module("export.repository", "--has-version", str(tmp_path / "missing")).returncode == 1
+    (tmp_path / "m" / "1").mkdir(parents=True)  # a version dir without model.onnx does not count
+    (tmp_path / "m" / "notes").mkdir()
+    assert run_module("export.repository", "--has-version", str(tmp_path / "m")).returncode == 1
+
+
+def test_repository_helpers(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    assert repository.next_version(model_dir) == 1 and repository.latest_version(model_dir) is None
+    for v in (1, 3):
+        (model_dir / str(v)).mkdir(parents=True)
+        (model_dir / str(v) / "model.onnx").write_bytes(b"x")
+    (model_dir / "7").mkdir()  # incomplete: never served, but its number is never reused
+    (model_dir / "latest").mkdir()
+    assert repository.list_versions(model_dir) == [1, 3]
+    assert repository.latest_version(model_dir) == 3
+    assert repository.next_version(model_dir) == 8
+    staged = repository.staging_dir(model_dir)
+    (staged / "model.onnx").write_bytes(b"new")
+    assert repository.publish(staged, model_dir) == model_dir / "8"
+    assert (model_dir / "3" / "model.onnx").read_bytes() == b"x"
+    assert repository.version_dir(model_dir) == model_dir / "8"
+
+
+def test_second_export_adds_a_version_and_keeps_the_first(exported: SimpleNamespace) -> None:
+    before = tree_digest(exported.model_dir / "1")
+    proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
+                      *TINY, "--seed", "1")
+    assert proc.returncode == 0
+    assert last_json(proc.stdout)["version"] == 2
+    assert VERSION_FILES <= {p.name for p in (exported.model_dir / "2").iterdir()}
+    assert tree_digest(exported.model_dir / "1") == before
+    assert repository.latest_version(exported.model_dir) == 2
+
+
+def _small_val(exported: SimpleNamespace, tmp_path: Path, n: int = 96) -> Path:
+    lines = (exported.data / "mmlu-val.jsonl").read_text(encoding="utf-8").splitlines()
+    step = max(1, len(lines) // n)  # spread over subjects
+    path = tmp_path / "val.jsonl"
+    path.write_text("\n".join(lines[::step][:n]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_scores_every_prompt_and_plots(exported: SimpleNamespace, tmp_path: Path) -> None:
+    data = _small_val(exported, tmp_path)
+    scores = tmp_path / "out" / "scores.jsonl"
+    proc = run_module("export.evaluate", "--data", str(data), "--scores", str(scores), "--model-repository",
+                      str(exported.repo), "--version", "1", "--models-json", str(exported.data / "models.json"))
+    assert proc.returncode == 0
+    result = last_json(proc.stdout)
+    ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ids
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows)
+    assert result["n"] == len(ids) and result["version"] == 1
+    assert {"apgr", "cpt50", "cpt80", "strong_share_at_95", "auc"} <= set(result)
+    assert result["random"]["apgr"] == pytest.approx(0.5)
+    png = scores.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _prompts(exported: SimpleNamespace, n: int = 32) -> list[str]:
+    lines = (exported.data / "mmlu-val.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines[:: max(1, len(lines) // n)][:n]]
+    return prompts + ["", "short?", "x " * 400]  # empty, tiny and longer than max_length
+
+
+def test_batch_scores_equal_one_by_one(exported: SimpleNamespace) -> None:
+    from export.evaluate import load_runtime
+
+    runtime = load_runtime(exported.model_dir / "1")
+    prompts = _prompts(exported)
+    feeds = runtime.encode(prompts)
+    widths = [len(runtime.encode([p])["input_ids"][0]) for p in prompts]
+    assert feeds["input_ids"].shape == (len(prompts), max(widths))  # padded to the longest only
+    assert max(widths) == runtime.max_length  # truncation to metadata's max_length
+    batch = runtime.score(prompts)
+    single = np.concatenate([runtime.score([p]) for p in prompts])
+    assert batch.dtype == np.float32 and batch.shape == (len(prompts),)
+    assert np.all((batch >= 0) & (batch <= 1))
+    assert np.max(np.abs(batch - single)) <= 1e-5
+
+
+class _FakeTensor:
+    def __init__(self, name: str, array: np.ndarray):
+        self._name, self._array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    @classmethod
+    def from_dlpack(cls, name: str, array: np.ndarray) -> "_FakeTensor":
+        assert array.flags.c_contiguous and array.dtype == np.float32
+        return cls(name, np.from_dlpack(array))
+
+
+class _FakeResponse:
+    def __init__(self, output_tensors: list[_FakeTensor], error: Any = None):
+        self.output_tensors, self.error = output_tensors, error
+
+
+def _fake_pb_utils() -> SimpleNamespace:
+    def get_input_tensor_by_name(request: dict[str, _FakeTensor], name: str) -> _FakeTensor | None:
+        return request.get(name)
+
+    return SimpleNamespace(Tensor=_FakeTensor, InferenceResponse=_FakeResponse, TritonError=str,
+                           get_input_tensor_by_name=get_input_tensor_by_name)
+
+
+def test_triton_execute_batches_requests_in_one_run(exported: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template's TritonPythonModel with a stand-in for triton_python_backend_utils."""
+    from export.evaluate import load_served_module
+
+    version = exported.model_dir / "1"
+    module = load_served_module(version)
+    monkeypatch.setattr(module, "pb_utils", _fake_pb_utils())
+    monkeypatch.setattr(module, "__file__", str(version / "model.py"))
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"parameters": {"device": {"string_value": "cpu"}}})})
+    calls: list[int] = []
+    score = model.runtime.score
+    monkeypatch.setattr(model.runtime, "score", lambda texts: calls.append(len(texts)) or score(texts))
+
+    prompts = _prompts(exported, 8)
+    requests = [
+        {"text": _FakeTensor("text", np.array([[prompts[0].encode()]], dtype=object))},
+        {"text": _FakeTensor("text", np.array([[p.encode()] for p in prompts[1:4]], dtype=object))},
+        {},  # malformed: gets its own error, the others still succeed
+        {"text": _FakeTensor("text", np.array([[prompts[4]]], dtype=object))},  # str, not bytes
+    ]
+    responses = model.execute(requests)
+    assert calls == [5]
+    assert len(responses) == 4 and responses[2].error and not responses[0].error
+    got = np.concatenate([r.output_tensors[0].as_numpy() for i, r in enumerate(responses) if i != 2])
+    assert got.shape == (5, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got[:, 0], model.runtime.score(prompts[:5]), atol=1e-5)
+
+
+def test_runtime_device_choice() -> None:
+    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings, settings_from_config
+
+    cpu_only = ["CPUExecutionProvider"]
+    assert ClassifierRuntime._providers(RuntimeSettings("auto"), cpu_only) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError):
+        ClassifierRuntime._providers(RuntimeSettings("cuda"), cpu_only)
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ClassifierRuntime._providers(RuntimeSettings("auto"), gpu)[0][0] == "CUDAExecutionProvider"
+    assert ClassifierRuntime._providers(RuntimeSettings("cpu"), gpu) == ["CPUExecutionProvider"]
+    config = {"parameters": {"device": {"string_value": "cpu"}, "intra_op_threads": {"string_value": "3"}}}
+    assert settings_from_config(config, {}) == RuntimeSettings("cpu", 3)
+    assert settings_from_config(config, {"ROUTER_CLASSIFIER_THREADS": "1"}).intra_op_threads == 1
+
+
+def _made_up_routing_data(path: Path) -> Path:
+    """Two differently named models; the strong one wins on prompts about integrals."""
+    rng = random.Random(0)
+    topics = ["the integral of x^2", "a contour integral", "the capital of France", "a haiku about rain",
+              "the integral of sin(x)", "the colour of the sky", "an improper integral", "a greeting in Spanish"]
+    path.mkdir(parents=True)
+    models = {"weak": "tiny-local", "strong": "big-remote",
+              "models": {"tiny-local": {"usd_per_1m_input_tokens": 0.01, "usd_per_1m_output_tokens": 0.01},
+                         "big-remote": {"usd_per_1m_input_tokens": 5.0, "usd_per_1m_output_tokens": 15.0}}}
+    (path / "models.json").write_text(json.dumps(models))
+    for name, n in (("train.jsonl", 160), ("val.jsonl", 48)):
+        with (path / name).open("w") as fh:
+            for i in range(n):
+                topic = rng.choice(topics)
+                hard = "integral" in topic
+                weak = float(rng.random() < (0.2 if hard else 0.9))
+                strong = float(rng.random() < 0.9)
+                fh.write(json.dumps({"id": f"{name}-{i}", "source": "made-up", "prompt": f"Question {i}: explain {topic}.",
+                                     "scores": {"tiny-local": weak, "big-remote": strong}}) + "\n")
+    return path
+
+
+def test_bring_your_own_data(tmp_path: Path) -> None:
+    data = _made_up_routing_data(tmp_path / "data")
+    repo = fresh_repository(tmp_path)
+    proc = run_module("export", "--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"),
+                      "--models-json", str(data / "models.json"), "--model-repository", str(repo),
+                      "--epochs", "2", "--max-length", "32", "--batch-size", "16", "--lr", "1e-4")
+    assert proc.returncode == 0
+    summary = last_json(proc.stdout)
+    meta = json.loads((repo / MODEL_NAME / "1" / "metadata.json").read_text())
+    assert meta["models"] == {"weak": "tiny-local", "strong": "big-remote"}
+    assert "big-remote" in meta["label_definition"]
+    assert summary["n"] == 48
+
+    scores = tmp_path / "scores.jsonl"
+    proc = run_module("export.evaluate", "--data", str(data / "val.jsonl"), "--scores", str(scores),
+                      "--model-repository", str(repo))
+    assert proc.returncode == 0
+    assert len(scores.read_text().splitlines()) == 48 and scores.with_suffix(".png").is_file()
+    assert last_json(proc.stdout)["n"] == 48
+
+
+def test_export_rejects_unknown_model_names(tmp_path: Path) -> None:
+    data = _made_up_routing_data(tmp_path / "data")
+    (data / "models.json").write_text(json.dumps({"weak": "tiny-local", "strong": "nonexistent"}))
+    repo = fresh_repository(tmp_path)
+    proc = run_module("export", "--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"),
+                      "--models-json", str(data / "models.json"), "--model-repository", str(repo), "--epochs", "1")
+    assert proc.returncode == 1 and "nonexistent" in proc.stderr
+    assert repository.list_versions(repo / MODEL_NAME, complete_only=False) == []

@@ -1,0 +1,137 @@
+"""Pure routing logic: conversation windows, rules, the privacy detector, token estimates and
+the circuit breaker (driven by a controllable clock, not by sleeping)."""
+from __future__ import annotations
+
+import pytest
+
+from router_service.chat_request import Message, parse_chat_request, parse_completion_request
+from router_service.circuit_breaker import CircuitBreaker
+from router_service.config import CircuitBreakerConfig, PrivacyConfig, RuleConfig, WindowConfig
+from router_service.errors import APIError
+from router_service.policy import window_text
+from router_service.prompt_rules import PrivacyDetector, compile_rules
+from router_service.token_count import PER_MESSAGE_TOKENS, PRIMING_TOKENS, TokenCounter
+
+
+def _msgs(*pairs: tuple[str, str]) -> tuple[Message, ...]:
+    return tuple(Message(role, content, {"role": role, "content": content}) for role, content in pairs)
+
+
+CONVERSATION = _msgs(("system", "You are terse."), ("user", "first question"), ("assistant", "first answer"),
+                     ("user", "second question"), ("assistant", "second answer"), ("user", "third question"))
+
+
+def test_window_last_user_turn_by_default() -> None:
+    assert window_text(CONVERSATION, WindowConfig()) == "third question"
+
+
+def test_window_last_turns_include_the_answers_between() -> None:
+    text = window_text(CONVERSATION, WindowConfig(last_turns=2))
+    assert text == "second question\nsecond answer\nthird question"
+
+
+def test_window_with_system_prompt_and_truncation_keeps_the_most_recent_text() -> None:
+    assert window_text(CONVERSATION, WindowConfig(last_turns=1, include_system=True)) == \
+        "You are terse.\nthird question"
+    assert window_text(CONVERSATION, WindowConfig(last_turns=3, max_chars=14)) == "third question"
+
+
+def test_window_without_user_turn_uses_the_last_message() -> None:
+    assert window_text(_msgs(("system", "only a system prompt")), WindowConfig()) == "only a system prompt"
+
+
+def test_rules_match_patterns_and_whole_word_keywords() -> None:
+    rules = compile_rules([RuleConfig(name="code", target="big", keywords=["python", "SQL"]),
+                           RuleConfig(name="ticket", target="small", pattern=r"JIRA-\d+")])
+    code, ticket = rules
+    assert code.matches("How do I write this in Python?")
+    assert code.matches("an sql join")
+    assert not code.matches("pythonic")  # whole words only
+    assert ticket.matches("see JIRA-123") and not ticket.matches("see jira-123")
+
+
+@pytest.mark.parametrize("text, found", [
+    ("mail me at jane.doe@example.co.uk", "email"),
+    ("card 4111 1111 1111 1111 exp 12/29", "credit_card"),
+    ("order 1234 5678 9012 3456", None),  # fails the Luhn check: not a card number
+    ("nothing to see", None),
+    ("employee id EMP-00042", "pattern:EMP-\\d{5}"),
+])
+def test_privacy_detector(text: str, found: str | None) -> None:
+    detector = PrivacyDetector(PrivacyConfig(patterns=[r"EMP-\d{5}"]))
+    assert detector.find(text) == found
+
+
+def test_privacy_detector_can_be_disabled() -> None:
+    assert PrivacyDetector(PrivacyConfig(enabled=False)).find("x@example.com") is None
+
+
+def test_token_estimate_is_conservative_and_counts_message_overhead() -> None:
+    counter = TokenCounter()
+    assert not counter.exact
+    assert counter.count_text("abcdef") == 2
+    assert counter.count_text("é") == 1  # bytes, not characters
+    assert counter.count_chat(["abc", "abcdef"]) == 1 + 2 + 2 * PER_MESSAGE_TOKENS + PRIMING_TOKENS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_circuit_breaker_opens_half_opens_and_closes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, window_s=10, cooldown_s=5), clock=clock)
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.snapshot().state == "closed"
+    breaker.record_failure()
+    assert breaker.snapshot().state == "open" and not breaker.allow()
+    clock.now += 5
+    assert breaker.snapshot().state == "half_open"
+    assert breaker.allow() and not breaker.allow()  # one trial call at a time
+    breaker.record_failure()  # the trial failed: open again for a full cooldown
+    assert breaker.snapshot().state == "open"
+    clock.now += 5
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.snapshot().state == "closed" and breaker.allow()
+
+
+def test_circuit_breaker_forgets_failures_outside_the_window() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, window_s=10, cooldown_s=5), clock=clock)
+    breaker.record_failure()
+    clock.now += 11
+    breaker.record_failure()
+    assert breaker.snapshot().state == "closed"
+
+
+def test_request_parsing_normalises_content_parts_and_aliases() -> None:
+    req = parse_chat_request({"model": "router", "max_completion_tokens": 7, "stop": "END",
+                              "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                        {"type": "text", "text": "b"}]}],
+                              "router": {"strong_share": 0.3}, "tools": [{"type": "function"}]})
+    assert req.messages[0].content == "a\nb"
+    assert req.max_tokens == 7 and req.stop == ("END",)
+    assert req.router.strong_share == 0.3 and req.passthrough["tools"] == [{"type": "function"}]
+    legacy = parse_completion_request({"model": "router", "prompt": ["once"]})
+    assert legacy.prompt == "once" and legacy.max_tokens == 16
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "r", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].type"),
+    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"threshold": 0.2, "strong_share": 0.1}},
+     "router"),
+    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"strong_share": -0.1}},
+     "router.strong_share"),
+    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"colour": "red"}}, "router"),
+    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "tools": {"not": "a list"}}, "tools"),
+])
+def test_request_parsing_errors_name_the_parameter(body: dict, param: str) -> None:
+    with pytest.raises(APIError) as info:
+        parse_chat_request(body)
+    assert info.value.param == param and 400 <= info.value.status < 500
