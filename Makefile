@@ -2,6 +2,7 @@
 # `make help` lists the targets. Every target installs what it needs first.
 
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3

@@ -24,17 +24,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ROUTER_CONFIG=/etc/llm-router/router.yaml \
-    GUNICORN_BIND=0.0.0.0:8080
+    ROUTER_HOST=0.0.0.0 \
+    ROUTER_PORT=8080
 RUN groupadd --system --gid 10001 router \
  && useradd --system --uid 10001 --gid router --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin router
 # `pip install .` without extras, from the wheels built above (no compilers in this image).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels triton-llm-router
-COPY docker/gunicorn.conf.py /etc/gunicorn/gunicorn.conf.py
 # The embedded default config (the chart mounts its ConfigMap over /etc/llm-router).
 COPY config/router.yaml /etc/llm-router/router.yaml
 USER 10001:10001
 EXPOSE 8080
-# router_service/wsgi.py: app = create_app(), reading env ROUTER_CONFIG.
-ENTRYPOINT ["gunicorn", "-c", "/etc/gunicorn/gunicorn.conf.py", "router_service.wsgi:app"]
+# router_service/wsgi.py: app = create_app(), reading env ROUTER_CONFIG; gunicorn settings from
+# router_service/gunicorn_conf.py (env ROUTER_HOST, ROUTER_PORT, WEB_CONCURRENCY, ROUTER_THREADS,
+# ROUTER_WORKER_TIMEOUT); its heartbeat files go to $TMPDIR (/tmp, an emptyDir under the chart).
+ENTRYPOINT ["gunicorn", "-c", "python:router_service.gunicorn_conf", "router_service.wsgi:app"]

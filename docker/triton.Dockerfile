@@ -25,7 +25,8 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CH
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential python3 python3-pip python3-dev git \
  && rm -rf /var/lib/apt/lists/*
-# GGML_CUDA: the CUDA backend. GGML_CUDA_NO_VMM: do not link libcuda (the driver), so the same
+# GGML_CUDA: the CUDA backend (used once a model offloads layers to the GPU; the repository's
+# LLMs run on the CPU today, `instance_group KIND_CPU`). GGML_CUDA_NO_VMM: do not link libcuda (the driver), so the same
 # library also loads on CPU-only nodes (no driver mounted) and falls back to the CPU.
 # CMAKE_CUDA_ARCHITECTURES: T4, A100, A10/L4-class (86/89), H100.
 ENV CMAKE_ARGS="-DGGML_CUDA=on -DGGML_CUDA_NO_VMM=on -DCMAKE_CUDA_ARCHITECTURES=75;80;86;89;90 -DLLAMA_BUILD_EXAMPLES=off -DLLAMA_BUILD_TESTS=off" \

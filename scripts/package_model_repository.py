@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Package the Triton model repository with only the versions Triton would serve.
 
-Each model directory (one with a ``config.pbtxt``) keeps its config and other files, plus the
-version directories its ``version_policy`` selects: ``latest { num_versions: N }`` (Triton's
+Each model directory (one with a ``config.pbtxt``) keeps its config and other files (symlinks
+resolved), plus the version directories its ``version_policy`` selects: ``latest { num_versions: N }`` (Triton's
 default, N = 1), ``all {}`` or ``specific { versions: [...] }``. Hidden entries (half-written
 ``.staging-*`` versions), ``__pycache__`` and ``*.pyc`` are left out.
 
@@ -174,7 +174,9 @@ def write_archive(repository: Path, files: list[Path], output: Path) -> str:
     tmp = output.with_name(f".{output.name}.tmp")
     dirs = sorted({parent for f in files for parent in f.parents if str(parent) != "."})
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        # dereference: a symlinked file (gemma3_270m/1/model.py -> the shared model.py) ships
+        # as a regular file, so any subset of models unpacks self-contained.
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
             for d in dirs:
                 tar.add(repository / d, arcname=str(d), recursive=False, filter=_tarinfo_filter)
             for f in sorted(files):

@@ -1,0 +1,1 @@
+"""`make bench`: router overhead, classifier latency/throughput and local LLM tokens/s."""

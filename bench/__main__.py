@@ -1,0 +1,149 @@
+"""Benchmarks (never pass/fail): start real Triton and the real router, then measure
+  1. router overhead with manual routing: p50 through the router minus p50 calling the upstream
+     directly (an instant OpenAI-compatible upstream, so upstream time does not hide it);
+  2. automatic routing (classification through Triton included), same method;
+  3. the Triton-served classifier: p50 for one prompt, and prompts/s with concurrent batches;
+  4. each Triton-hosted LLM: load-free generation tokens/s.
+Prints a table and writes JSON (default .eval/bench.json)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import yaml
+
+from router_service.classifier_client import ClassifierClient
+from router_service.stack import start_router, stop_process, wait_ready
+from router_service.triton_launcher import TritonPorts, TritonServer, free_port
+
+from .instant_upstream import InstantUpstream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def _p(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100)[int(q) - 1] if len(samples) > 1 else samples[0]
+
+
+def _prompts(data: Path, n: int) -> list[str]:
+    with data.open() as f:
+        return [json.loads(line)["prompt"] for _, line in zip(range(n), f)]
+
+
+def bench_config(triton: TritonServer, upstream_url: str) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())
+    config["triton"] = {"http_url": triton.http_url, "grpc_url": triton.grpc_url, "timeout_s": 10.0}
+    for name in ("instant-a", "instant-b"):
+        config["targets"].append({"name": name, "kind": "openai", "url": upstream_url, "model": "instant",
+                                  "context_window": 32768, "usd_per_1m_input_tokens": 1.0,
+                                  "usd_per_1m_output_tokens": 1.0})
+    config["policies"].append({"name": "instant", "classifier": "minilm", "weak": "instant-a",
+                               "strong": "instant-b", "threshold": 0.5})
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ROUTING_DATA", ROOT.parent / "shared" /
+                                                                         "routing")) / "mmlu-val.jsonl")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per latency measurement")
+    parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / ".eval" / "bench.json")
+    args = parser.parse_args(argv)
+
+    prompts = _prompts(args.data, 512)
+    results: dict[str, object] = {"cpu_count": os.cpu_count()}
+    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    with tempfile.TemporaryDirectory() as tmp, TritonServer(args.model_repository.resolve(), ports=ports,
+                                                            log_file=Path(tmp) / "triton.log") as triton, \
+            InstantUpstream() as upstream:
+        print(">> Triton ready; starting the router", flush=True)
+        config_path = Path(tmp) / "router.yaml"
+        config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url)))
+        port = free_port()
+        router = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base + "/health/ready", router, timeout_s=60)
+            session = requests.Session()
+            prompt_iter = iter(prompts * 1000)
+
+            def chat_body(model: str) -> dict:
+                return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
+
+            print(">> 1/4 router overhead, manual routing", flush=True)
+            direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
+                            args.requests)
+            manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
+                            args.requests)
+            print(">> 2/4 automatic routing (classifier through Triton)", flush=True)
+            auto = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("router:instant")),
+                          args.requests)
+            results["direct_upstream_p50_ms"] = round(_p(direct, 50), 3)
+            results["manual_overhead_p50_ms"] = round(_p(manual, 50) - _p(direct, 50), 3)
+            results["auto_overhead_p50_ms"] = round(_p(auto, 50) - _p(direct, 50), 3)
+            results["auto_overhead_p90_ms"] = round(_p(auto, 90) - _p(direct, 50), 3)
+
+            print(">> 3/4 classifier through Triton", flush=True)
+            client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+            single = _timed(lambda: client.score([next(prompt_iter)]), args.requests)
+            results["classifier_single_p50_ms"] = round(_p(single, 50), 3)
+            results["classifier_single_p90_ms"] = round(_p(single, 90), 3)
+            batch = 32
+            deadline = time.monotonic() + args.throughput_seconds
+
+            def worker(offset: int) -> int:
+                done, i = 0, offset
+                local = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=60)
+                while time.monotonic() < deadline:
+                    local.score(prompts[i % 448: i % 448 + batch])
+                    done, i = done + batch, i + batch
+                return done
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(4) as pool:
+                total = sum(pool.map(worker, range(0, 128, 32)))
+            results["classifier_prompts_per_s"] = round(total / (time.monotonic() - t0), 1)
+
+            print(">> 4/4 local LLM generation", flush=True)
+            for model in ("smollm2_135m", "gemma3_270m"):
+                body = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
+                        "max_tokens": 64, "temperature": 0.0, "stream": False}
+                session.post(f"{triton.http_url}/v2/models/{model}/generate", json=body)  # warm-up
+                t0 = time.perf_counter()
+                out = session.post(f"{triton.http_url}/v2/models/{model}/generate", json=body).json()
+                elapsed = time.perf_counter() - t0
+                results[f"{model}_tokens_per_s"] = round(int(out.get("completion_tokens", 0)) / elapsed, 1)
+        finally:
+            stop_process(router)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    width = max(len(k) for k in results)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    print(f"(written to {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
