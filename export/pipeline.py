@@ -138,7 +138,7 @@ def ensure_model_config(model_dir: Path) -> None:
 
 def run(opts: ExportOptions) -> dict[str, Any]:
     from export.onnx_export import copy_artifacts, export_onnx, parity_check
-    from export.train import predict_logits, token_lengths, train_classifier
+    from export.train import load_base, predict_logits, seed_everything, token_lengths, train_classifier
     from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
 
     started = time.monotonic()
@@ -150,12 +150,14 @@ def run(opts: ExportOptions) -> dict[str, Any]:
     log(f">> data: {len(train)} train / {len(val)} val prompts; weak={models.weak!r} strong={models.strong!r}; "
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
 
-    log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
-        f"lr {t.lr}, {t.threads} threads)")
-    tokenizer, model, history = train_classifier(base_model, train, t, log)
+    seed_everything(t.seed)  # the classification head's initialisation
+    tokenizer, model = load_base(base_model)
     lengths = token_lengths(tokenizer, train.prompts)
     log(f">> train token lengths: median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
         f"max {int(lengths.max())}; {np.mean(lengths > t.max_length):.1%} truncated at {t.max_length}")
+    log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
+        f"lr {t.lr}, frozen layers {t.freeze_layers}, {t.threads} threads)")
+    history = train_classifier(tokenizer, model, train, t, log)
 
     log(">> [2/5] PyTorch validation scores")
     torch_logits = predict_logits(model, tokenizer, val.prompts, t.max_length)

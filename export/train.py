@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,15 +97,14 @@ def _freeze(model: Any, layers: int) -> None:
 
 
 def train_classifier(
-    base_model: Path, data: RoutingSet, opts: TrainOptions, log: Log = print
-) -> tuple[Any, Any, list[dict[str, float]]]:
-    """Returns (tokenizer, trained model in eval mode, per-epoch history)."""
+    tokenizer: Any, model: Any, data: RoutingSet, opts: TrainOptions, log: Log = print
+) -> list[dict[str, float]]:
+    """Fine-tunes ``model`` in place (left in eval mode); returns the per-epoch history."""
     import torch
     from tqdm.auto import tqdm
 
     torch.set_num_threads(max(1, opts.threads))
     seed_everything(opts.seed)
-    tokenizer, model = load_base(base_model)
     _freeze(model, opts.freeze_layers)
     encoded = tokenizer(data.prompts, truncation=True, max_length=opts.max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
@@ -132,7 +132,7 @@ def train_classifier(
     for epoch in range(1, opts.epochs + 1):
         started, running, seen = time.monotonic(), 0.0, 0
         bar = tqdm(length_grouped_batches(lengths, opts.batch_size, rng), desc=f"epoch {epoch}/{opts.epochs}",
-                   unit="batch", dynamic_ncols=True)
+                   unit="batch", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0)
         for index in bar:
             out = model(**_collate(encoded, index, tokenizer.pad_token_id), labels=labels[index])
             out.loss.backward()
@@ -147,7 +147,7 @@ def train_classifier(
         history.append({"epoch": epoch, "loss": running / seen, "seconds": round(time.monotonic() - started, 1)})
         log(f">> epoch {epoch}: mean loss {running / seen:.4f} ({history[-1]['seconds']:.0f} s)")
     model.eval()
-    return tokenizer, model, history
+    return history
 
 
 def predict_logits(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:

@@ -44,6 +44,7 @@ from types import TracebackType
 
 _SHM_DIR = Path("/dev/shm")
 _PR_SET_PDEATHSIG = 1
+EXIT_TIMEOUT_S = 10
 
 
 class TritonStartError(RuntimeError):
@@ -209,6 +210,9 @@ class TritonServer:
             # A model that fails to load is an error, not a half-working server.
             "--exit-on-error=true",
             "--strict-readiness=true",
+            # Triton waits this long on SIGTERM for in-flight requests *and* idle keep-alive
+            # connections (any requests.Session): 30s by default, too long for dev and tests.
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             *self.extra_args,
         ]
 
