@@ -64,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                         grpc=int(os.environ.get("TRITON_GRPC_PORT", "8001")),
                         metrics=int(os.environ.get("TRITON_METRICS_PORT", "8002")))
     stop = threading.Event()
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # during start-up: abandon the wait, the finally block cleans up
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, interrupt)
 
     started = time.monotonic()
     triton = TritonServer(args.model_repository.resolve(), ports=ports)
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         router = start_router(args.config, args.host, args.port,
                               {"TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url})
         wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         print(f"\n>> ready in {time.monotonic() - started:.1f}s: OpenAI base URL http://{args.host}:{args.port}/v1 "
               f"(model \"router\"); Ctrl-C stops\n", flush=True)
         while not stop.is_set() and router.poll() is None and triton.is_running():
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             print(">> a component exited unexpectedly; shutting down", file=sys.stderr, flush=True)
             return 1
         return 0
+    except KeyboardInterrupt:
+        print(">> interrupted during start-up", flush=True)
+        return 130
     finally:
         print(">> stopping", flush=True)
         if router is not None:

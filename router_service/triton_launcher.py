@@ -12,8 +12,9 @@ The wheel's binary needs some help on a plain machine, all handled here:
 * the stub must load *this* interpreter's libpython (not the OS one) and the wheel's
   vendored libraries, hence ``LD_LIBRARY_PATH``; it finds the venv (and its packages) via
   ``PATH``;
-* every server gets its own python-backend shared-memory prefix in /dev/shm, removed on
-  stop, so parallel servers never collide and crashed ones leave nothing behind.
+* every server gets its own python-backend shared-memory prefix in /dev/shm (with the
+  launcher's pid), removed on stop, so parallel servers never collide; regions left by
+  launchers that died without stopping are removed on the next start.
 
 Usage: ``python -m router_service.triton_launcher --model-repository model_repository``.
 """
@@ -41,8 +42,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 _SHM_DIR = Path("/dev/shm")
+_SHM_PREFIX = "triton_py_"  # + launcher pid + "_" + random + "_"
 _PR_SET_PDEATHSIG = 1
 EXIT_TIMEOUT_S = 10
 
@@ -168,7 +171,7 @@ class TritonServer:
         self._workdir: Path | None = None
         self._log_path: Path | None = None
         # Unique per server: parallel servers and stale regions never collide.
-        self.shm_prefix = f"triton_py_{os.getpid()}_{secrets.token_hex(4)}_"
+        self.shm_prefix = f"{_SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         self._lock = threading.RLock()
 
     # -- addresses -------------------------------------------------------------------------
@@ -228,6 +231,7 @@ class TritonServer:
                 # Checked up front: another server on our port would answer /ready for us.
                 raise TritonStartError(f"port(s) {busy} on {self.host} already in use")
             home = triton_home()
+            _remove_stale_shm()
             self._workdir = Path(tempfile.mkdtemp(prefix="triton-launcher-"))
             try:
                 self._spawn(home)
@@ -253,7 +257,7 @@ class TritonServer:
                 env=_server_env(home),
                 cwd=self._workdir,
                 start_new_session=True,  # own process group: the stubs go with it on kill
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 -- only a prctl, no locks taken
             )
         atexit.register(self.stop)
 
@@ -318,7 +322,7 @@ class TritonServer:
                 if self.log_file is None:
                     self._log_path = None
 
-    def __enter__(self) -> TritonServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -326,6 +330,20 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _remove_stale_shm() -> None:
+    """Remove shm regions whose launcher process is gone (it was killed before stop())."""
+    for path in _SHM_DIR.glob(f"{_SHM_PREFIX}*"):
+        pid = path.name[len(_SHM_PREFIX) :].split("_", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _killpg(pgid: int, sig: int) -> None:

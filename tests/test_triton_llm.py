@@ -94,7 +94,7 @@ def test_temperature_zero_is_deterministic(triton: TritonServer) -> None:
 
 
 def test_seed_makes_sampling_reproducible(triton: TritonServer) -> None:
-    body = dict(messages=CHAT, max_tokens=8, temperature=1.0, seed=1234)
+    body: dict[str, Any] = {"messages": CHAT, "max_tokens": 8, "temperature": 1.0, "seed": 1234}
     assert ok(triton, **body)["text_output"] == ok(triton, **body)["text_output"]
 
 
@@ -105,7 +105,7 @@ def test_max_tokens_ends_with_length(triton: TritonServer) -> None:
 
 
 def test_stop_string_ends_generation_before_it(triton: TritonServer) -> None:
-    body = dict(text_input="1, 2, 3, 4, 5, 6,", max_tokens=16, temperature=0)
+    body: dict[str, Any] = {"text_input": "1, 2, 3, 4, 5, 6,", "max_tokens": 16, "temperature": 0}
     full = ok(triton, **body)["text_output"]
     assert "9" in full, full  # the counting goes on: " 7, 8, 9, 10, ..."
     result = ok(triton, **body, stop=json.dumps(["9"]))
@@ -115,7 +115,7 @@ def test_stop_string_ends_generation_before_it(triton: TritonServer) -> None:
 
 @pytest.mark.parametrize("model", LLMS)
 def test_stream_concatenates_to_the_greedy_result(triton: TritonServer, model: str) -> None:
-    body = dict(messages=CHAT, max_tokens=12, temperature=0)
+    body: dict[str, Any] = {"messages": CHAT, "max_tokens": 12, "temperature": 0}
     whole = ok(triton, model, **body)
     events = stream(triton, model, **body)
     assert len(events) >= 3

@@ -1,40 +1,45 @@
 """A local chat LLM on llama.cpp (llama-cpp-python), as a decoupled Triton python-backend model.
 
 One implementation serves every local LLM of the repository (``gemma3_270m/1/model.py`` is a
-symlink to this file); everything model-specific lives in the model's ``config.pbtxt``
-``parameters``:
+relative symlink to this file); everything model-specific lives in ``config.pbtxt``
+``parameters`` (all strings):
 
-* ``gguf_package``: the Python package shipping the weights; with ``gguf_file`` the GGUF's
-  path inside that package, without it the package must offer
-  ``assemble(output_path, overwrite)`` (weights shipped in chunks), which we run once into a
-  writable cache: ``weights_cache_dir``, else $LLM_WEIGHTS_CACHE, else ~/.cache/triton-llm-router
-  (site-packages may be read-only);
-* ``gguf_path``: an explicit GGUF path instead (e.g. a mounted volume);
-* ``n_ctx`` (2048), ``n_threads`` (0 = the CPUs this process may use),
-  ``default_max_tokens`` (512, when a request gives none);
+* ``gguf_package``: the Python package shipping the weights. With ``gguf_file``: the GGUF's
+  path inside that package. Without: the package must offer ``assemble(output_path,
+  overwrite)`` (weights shipped in chunks), run once into a writable cache, never into
+  site-packages (which may be read-only): ``weights_cache_dir``, else $LLM_WEIGHTS_CACHE, else
+  ${XDG_CACHE_HOME:-~/.cache}/triton-llm-router, else (read-only home) $TMPDIR/triton-llm-router.
+* ``gguf_path``: an explicit GGUF file instead (e.g. on a mounted volume).
+* ``n_ctx`` (2048); ``n_threads`` (0 = every CPU this process may use; the configs say 1, see
+  there why); ``default_max_tokens`` (512, for requests without ``max_tokens``);
+  ``n_gpu_layers`` (0 = CPU only; -1 = all layers, needs a CUDA build of llama-cpp-python).
 * ``chat_template``: ``auto`` = the GGUF's own Jinja template, or the plain template below if
-  the GGUF has none (Gemma 3 270M is a base model without one); ``plain`` forces the plain one:
+  the GGUF has none (Gemma 3 270M is a base model without one); ``plain`` forces it:
 
-      {system messages, joined by a blank line}\\n\\n      (only if there are any)
-      User: {content}\\n
-      Assistant: {content}\\n                              (one line per message)
+      {the system messages, joined by blank lines}\n\n     (only if there are any)
+      User: {content}\n  /  Assistant: {content}\n         (one line per message)
       Assistant:
 
-  with the stop string ``\\nUser:``.
+  generation then also stops at ``\nUser:``.
 
-Tensor contract (each a 1-element tensor, dims [1], no batching; the generate extension maps
-JSON fields of the same names onto them):
+Tensor contract: every tensor has dims [1] (no batching); Triton's generate extension maps the
+request's JSON fields of the same names onto the inputs, the outputs onto response fields.
 
-  inputs   text_input STRING (raw prompt, no template) | messages STRING (JSON list of
-           {"role", "content"}), max_tokens INT32, temperature FP32 (0 = greedy,
-           deterministic), top_p FP32, stop STRING (JSON list of strings), seed INT64,
-           stream BOOL (true: one response per text chunk; false: a single response)
-  outputs  text_output STRING (the delta when streaming, else the whole text),
-           finish_reason STRING ("stop" | "length"; "" on intermediate chunks),
-           prompt_tokens INT32, completion_tokens INT32 (running count on chunks, final on
-           the last response)
+  inputs   text_input STRING   raw prompt, no template (legacy completions)    } exactly
+           messages STRING     JSON list of {"role", "content"}: chat template } one of
+           max_tokens INT32    >= 1; default default_max_tokens; capped by n_ctx
+           temperature FP32    default 1.0; 0 = greedy, deterministic
+           top_p FP32          (0, 1], default 1.0 (plus llama.cpp's top_k 40, min_p 0.05)
+           stop STRING         JSON list of stop strings (excluded from the output)
+           seed INT64          reproducible sampling; default random
+           stream BOOL         true: one response per text chunk (use generate_stream);
+                               false/absent: exactly one response (use generate)
+  outputs  text_output STRING  the delta when streaming, else the whole text
+           finish_reason STRING "stop" | "length" on the last response, "" before
+           prompt_tokens INT32, completion_tokens INT32 (running count on chunks)
 
-Bad requests get an INVALID_ARG error response (HTTP 400), never a crash.
+Bad requests (no prompt, invalid JSON, a prompt longer than n_ctx, ...) get an INVALID_ARG
+error response (HTTP 400 from generate), never a crash.
 """
 from __future__ import annotations
 
@@ -45,12 +50,13 @@ import json
 import math
 import os
 import secrets
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -118,7 +124,10 @@ def resolve_gguf(params: dict[str, str]) -> Path:
     elif params.get("gguf_file"):
         path = _package_dir(params["gguf_package"]) / params["gguf_file"]
     else:
-        path = _assemble(params["gguf_package"], _cache_dir(params.get("weights_cache_dir", "")))
+        try:
+            path = _assemble(params["gguf_package"], _cache_dir(params.get("weights_cache_dir", "")))
+        except PermissionError:  # read-only home (a locked-down container): use the temp dir
+            path = _assemble(params["gguf_package"], Path(tempfile.gettempdir()) / "triton-llm-router")
     if not path.is_file():
         raise RuntimeError(f"GGUF weights not found at {path}")
     return path
@@ -149,7 +158,8 @@ def parse_messages(raw: str) -> list[dict[str, str]]:
             raise InputError(f"messages[{i}] must be an object with a string 'role'")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = (p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = "".join(str(t) for t in texts)
         if content is None:
             content = ""
         if not isinstance(content, str):
@@ -201,7 +211,12 @@ class TritonPythonModel:
         n_threads = int(params.get("n_threads", "0")) or _cpu_count()
         self.default_max_tokens = int(params.get("default_max_tokens", "512"))
         self.llm = Llama(
-            model_path=str(gguf), n_ctx=self.n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+            model_path=str(gguf),
+            n_ctx=self.n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=int(params.get("n_gpu_layers", "0")),
+            verbose=False,
         )
         loaded = time.perf_counter()
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -213,9 +228,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"chat_template must be 'auto' or 'plain', not '{mode}'")
         self._formatter = None
         if template and mode == "auto":
-            text = lambda t: llama_cpp.llama_vocab_get_text(self._vocab, t).decode("utf-8", "replace")  # noqa: E731
+
+            def token_text(token: int) -> str:
+                return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
+
             self._formatter = Jinja2ChatFormatter(
-                template, eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos())
+                template, eos_token=token_text(self.llm.token_eos()), bos_token=token_text(self.llm.token_bos())
             )
 
         # Page the weights in now: the first request should not pay for it.
@@ -254,8 +272,8 @@ class TritonPythonModel:
         if self._formatter is None:
             return plain_chat_prompt(chat), (PLAIN_STOP,)
         try:
-            return self._formatter(messages=chat).prompt, ()
-        except Exception as e:  # the template rejects the conversation (e.g. role order)
+            return self._formatter(messages=cast(Any, chat)).prompt, ()  # plain role/content dicts
+        except Exception as e:  # noqa: BLE001 -- templates raise anything (e.g. on role order)
             raise InputError(f"the chat template rejected the messages: {e}") from None
 
     def _parse(self, request: Any) -> Generation:
@@ -348,13 +366,13 @@ class TritonPythonModel:
                     )
             except InputError as e:
                 _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
-            except Exception as e:  # never let one request take the model down
+            except Exception as e:  # noqa: BLE001 -- one bad request must not take the model down
                 self.log.log_error(f"{self.name}: {traceback.format_exc()}")
                 _send_error(sender, f"{type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
-        return None
+        # Decoupled: every response went through the senders, execute returns nothing.
 
     def finalize(self) -> None:
-        self.llm = None
+        del self.llm  # frees the weights and the KV cache now, not at interpreter exit
 
 
 def _response(text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> Any:
