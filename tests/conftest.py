@@ -41,7 +41,11 @@ def export_tiny_classifier(repo: Path, routing_data: Path) -> None:
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory, routing_data: Path) -> Path:
-    """A model repository laid out like the project's: the LLMs as they are, a freshly exported classifier."""
+    """A model repository laid out like the project's: the LLMs as they are, a freshly exported classifier.
+
+    TEST_MODEL_REPOSITORY=<dir> reuses an already exported repository (quicker local iterations)."""
+    if os.environ.get("TEST_MODEL_REPOSITORY"):
+        return Path(os.environ["TEST_MODEL_REPOSITORY"]).resolve()
     repo = tmp_path_factory.mktemp("model_repository")
     for name in LLM_MODELS:
         shutil.copytree(MODEL_REPOSITORY / name, repo / name, symlinks=True)
