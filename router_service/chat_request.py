@@ -32,10 +32,11 @@ class RouterOverrides:
     strong_share: float | None = None
 
 
-@dataclass(frozen=True)
-class ChatRequest:
+@dataclass(frozen=True, kw_only=True)
+class GenerationParams:
+    """What chat and legacy completions requests share."""
+
     model: str
-    messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -45,6 +46,11 @@ class ChatRequest:
     include_usage: bool = False
     router: RouterOverrides = RouterOverrides()
     passthrough: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatRequest(GenerationParams):
+    messages: tuple[Message, ...]
 
 
 def parse_json_body(data: bytes) -> dict[str, Any]:
@@ -168,21 +174,11 @@ def parse_stop(value: Any) -> tuple[str, ...]:
     raise invalid_value("'stop' must be a string or an array of strings.", param="stop", code="invalid_type")
 
 
-@dataclass(frozen=True)
-class CompletionRequest:
+@dataclass(frozen=True, kw_only=True)
+class CompletionRequest(GenerationParams):
     """A legacy /v1/completions request (single prompt)."""
 
-    model: str
     prompt: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    stream: bool = False
-    include_usage: bool = False
-    router: RouterOverrides = RouterOverrides()
-    passthrough: dict[str, Any] = field(default_factory=dict)
 
 
 def _common(body: dict[str, Any]) -> dict[str, Any]:
