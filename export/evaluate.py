@@ -59,7 +59,12 @@ def load_served_module(version_dir: Path) -> ModuleType:
         raise FileNotFoundError(f"{version_dir / 'model.py'} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
+    # No __pycache__ in the version directory: Triton's repository polling would see a change.
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
     return module
 
 
@@ -95,8 +100,8 @@ def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.nda
         ax.plot(grid * 100, metrics.quality_curve(s, weak, strong, grid), style, color=color, label=label)
     ax.axhline(weak.mean(), color="tab:red", lw=0.8, alpha=0.6)
     ax.axhline(strong.mean(), color="tab:purple", lw=0.8, alpha=0.6)
-    ax.text(100, weak.mean(), " weak only", va="center", fontsize=8)
-    ax.text(100, strong.mean(), " strong only", va="center", fontsize=8)
+    ax.text(1, weak.mean(), "weak only", va="bottom", fontsize=8)
+    ax.text(1, strong.mean(), "strong only", va="bottom", fontsize=8)
     ax.set_xlabel("share of prompts sent to the strong model (%)")
     ax.set_ylabel("mean quality")
     ax.set_title(title, fontsize=10)
@@ -127,14 +132,17 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     router = metrics.routing_metrics(scores, data.weak, data.strong).as_dict()
     rand = metrics.random_metrics(data.weak, data.strong).as_dict()
     plot = opts.plot or opts.scores.with_suffix(".png")
+    apgr_text = f", APGR {router['apgr']:.3f}" if router["apgr"] is not None else ""
     plot_curves(plot, data.weak, data.strong, scores,
-                f"{opts.data.name}: {models.weak} vs {models.strong} (v{version_dir.name}, APGR {router['apgr']:.3f})"
-                if router["apgr"] is not None else f"{opts.data.name} (v{version_dir.name})")
+                f"{opts.data.name} (version {version_dir.name}{apgr_text})\nweak {models.weak} / strong {models.strong}")
     print(f">> wrote {opts.scores} and {plot} ({seconds:.1f} s, {len(prompts) / max(seconds, 1e-9):.0f} prompts/s)",
           flush=True)
     keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")
-    return {"n": router["n"], "version": int(version_dir.name), **{k: router[k] for k in keys},
-            "random": {k: rand[k] for k in keys}}
+    def r4(v: Any) -> Any:
+        return round(v, 4) if isinstance(v, float) else v
+
+    return {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
+            "random": {k: r4(rand[k]) for k in keys}}
 
 
 def main(argv: list[str] | None = None) -> int:

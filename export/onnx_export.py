@@ -20,17 +20,21 @@ def export_onnx(hf_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
 
     optimum's own output validation is skipped: ``parity_check`` compares the served code path
     (``tokenizers`` preprocessing + onnxruntime) with PyTorch, which covers more."""
+    import warnings
+
     from optimum.exporters.onnx import main_export
 
-    main_export(
-        model_name_or_path=str(hf_dir),
-        output=out_dir,
-        task="text-classification",
-        opset=opset,
-        device="cpu",
-        do_validation=False,
-        local_files_only=True,
-    )
+    with warnings.catch_warnings():  # torch.onnx tracer warnings about constant masks are expected
+        warnings.simplefilter("ignore")
+        main_export(
+            model_name_or_path=str(hf_dir),
+            output=out_dir,
+            task="text-classification",
+            opset=opset,
+            device="cpu",
+            do_validation=False,
+            local_files_only=True,
+        )
     model = out_dir / "model.onnx"
     if not model.is_file():
         raise RuntimeError(f"optimum wrote no model.onnx into {out_dir}: {sorted(p.name for p in out_dir.iterdir())}")

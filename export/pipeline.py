@@ -204,13 +204,17 @@ def run(opts: ExportOptions) -> dict[str, Any]:
     for name in sorted([*files, "model.py", "metadata.json"]):
         path = published / name
         log(f"   wrote {path} ({path.stat().st_size:,} bytes)")
-    summary = {
-        "version": int(published.name), "path": str(published), **router.as_dict(),
-        "random": {"apgr": rand.as_dict()["apgr"], "cpt50": rand.as_dict()["cpt50"], "cpt80": rand.as_dict()["cpt80"],
-                   "strong_share_at_95": rand.as_dict()["strong_share_at_95"]},
+    keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")
+    return {
+        "version": int(published.name), "path": str(published), "n": router.n,
+        **{k: _round(router.as_dict()[k]) for k in keys},
+        "random": {k: _round(rand.as_dict()[k]) for k in keys},
         "parity_max_abs_diff": parity.max_abs_diff_prob, "seconds": round(time.monotonic() - started, 1),
     }
-    return summary
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: RoutingSet, base_model: Path,

@@ -20,8 +20,11 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class TrainOptions:
+    # Defaults sized for `make export` on a 2-core CPU (~10 min): on MMLU, 2 epochs at 64 tokens
+    # (val APGR 0.653) beat 1 epoch at 128 tokens (0.641, and slower); the subject, which carries
+    # most of the routing signal, shows in the first tokens.
     epochs: int = 2
-    max_length: int = 128
+    max_length: int = 64
     batch_size: int = 32
     lr: float = 5e-5
     weight_decay: float = 0.01
@@ -43,7 +46,9 @@ def seed_everything(seed: int) -> None:
 def load_base(base_model: Path) -> tuple[Any, Any]:
     """Tokenizer and a fresh 2-label classification head on the local base encoder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
     tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_model),
@@ -57,7 +62,7 @@ def load_base(base_model: Path) -> tuple[Any, Any]:
 
 def token_lengths(tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
     """Untruncated token counts (special tokens included)."""
-    return np.asarray([len(ids) for ids in tokenizer(list(prompts), truncation=False)["input_ids"]])
+    return np.asarray([len(ids) for ids in tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]])
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -142,7 +147,7 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             running += out.loss.item() * len(index)
             seen += len(index)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
         bar.close()
         history.append({"epoch": epoch, "loss": running / seen, "seconds": round(time.monotonic() - started, 1)})
         log(f">> epoch {epoch}: mean loss {running / seen:.4f} ({history[-1]['seconds']:.0f} s)")

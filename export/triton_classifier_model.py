@@ -13,6 +13,11 @@ Settings (config.pbtxt ``parameters``, overridden by environment variables):
   CPU), ``cpu`` or ``cuda``.
 - ``intra_op_threads`` / ROUTER_CLASSIFIER_THREADS: onnxruntime intra-op threads, 0 = auto
   (half the visible cores, at most 4: the box also runs Triton itself and the LLMs).
+
+numpy: Triton <= 2.51's stub needs numpy < 2 (see ``initialize``); outputs are plain owned
+C-contiguous float32 arrays either way. (``pb_utils.Tensor.from_dlpack`` on a numpy array, which
+would sidestep the numpy dtype struct, crashes the 2.51 stub: its capsule renaming breaks numpy's
+capsule destructor.)
 """
 from __future__ import annotations
 
@@ -145,11 +150,11 @@ class TritonPythonModel:
             settings = RuntimeSettings(settings.device, settings.intra_op_threads, int(args["model_instance_device_id"]))
         self.runtime = ClassifierRuntime(Path(__file__).resolve().parent, settings)
         if int(np.__version__.split(".")[0]) >= 2:
-            # Triton <= 2.51's stub (pybind11 < 2.12) misreads numpy 2 dtypes: string inputs arrive
-            # garbled and numpy outputs come back empty. Outputs below go through DLPack, which is
-            # immune; string inputs are not, so the serving image should keep numpy < 2.
-            print("router_classifier: WARNING numpy >= 2 in the python-backend environment; "
-                  "Triton <= 2.51 needs numpy < 2 for TYPE_STRING inputs", flush=True)
+            # Triton <= 2.51's stub is built with pybind11 < 2.12, which misreads numpy 2's dtype
+            # struct: TYPE_STRING inputs arrive garbled and numpy outputs come back empty. Fixed in
+            # Triton >= 2.52 (python_backend PR #384); with 2.51 the serving image needs numpy < 2.
+            print("router_classifier: WARNING numpy >= 2 in the python-backend environment: "
+                  "Triton <= 2.51 needs numpy < 2 (string inputs and outputs break)", flush=True)
         print(f"router_classifier: loaded {self.runtime.version_dir} providers={self.runtime.session.get_providers()} "
               f"max_length={self.runtime.max_length}", flush=True)
 
@@ -179,18 +184,13 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(span))))
                 continue
             start, end = span
-            # A fresh, owned, C-contiguous float32 [n, 1] array per response (no views into the batch).
-            out = np.ascontiguousarray(scores[start:end], dtype=np.float32).reshape(-1, 1).copy()
-            responses.append(pb_utils.InferenceResponse(output_tensors=[_output_tensor("score", out)]))
+            # A fresh, owned, C-contiguous, native-endian float32 [n, 1] array per response: no views
+            # into the batch array, no numpy scalar types, nothing the stub must convert.
+            out = np.empty((end - start, 1), dtype=np.float32)
+            out[:, 0] = scores[start:end]
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("score", out)]))
         return responses
 
     def finalize(self) -> None:
         self.runtime = None  # type: ignore[assignment]
 
-
-def _output_tensor(name: str, array: np.ndarray) -> Any:
-    # DLPack hands Triton the buffer with its size computed from the DLPack dtype, not from numpy's
-    # dtype struct, so it works whichever numpy (1.x or 2.x) the serving image has.
-    if hasattr(pb_utils.Tensor, "from_dlpack") and hasattr(array, "__dlpack__"):
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)

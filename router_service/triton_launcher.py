@@ -128,6 +128,8 @@ def _server_env(home: Path) -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [*lib_path, env.get("LD_LIBRARY_PATH", "")] if p)
     # The stub's embedded Python finds its prefix (the venv, its packages) via PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # No __pycache__ inside version directories: a new file there looks like a model change to polling.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from router_service.classifier_client import ClassifierClient
 from router_service.triton_launcher import TritonPorts, TritonServer, free_port
 
-from .conftest import router_config_dict, run_router
+from .conftest import ROOT, router_config_dict, run_router
 
 CHAT = "/v1/chat/completions"
 PROMPTS = [
@@ -64,7 +65,8 @@ def test_automatic_routing_uses_the_classifier(router_url: str, triton: TritonSe
     score = float(resp.headers["x-router-score"])
     expected = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30).score([prompt])[0]
     assert score == pytest.approx(expected, abs=1e-5)  # the last user turn is what was classified
-    target = "gemma3-270m" if score >= 0.5 else "smollm2-135m"
+    threshold = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())["policies"][0]["threshold"]
+    target = "gemma3-270m" if score >= threshold else "smollm2-135m"
     assert resp.headers["x-router-target"] == body["model"] == target
     assert resp.headers["x-router-policy"] == "default"
     assert body["object"] == "chat.completion"
