@@ -1,6 +1,8 @@
 """Target adapters: one per kind of upstream LLM, all behind the same small interface."""
 from __future__ import annotations
 
+import urllib.request
+
 import requests
 
 from ..config import RouterConfig, TargetConfig
@@ -14,6 +16,9 @@ __all__ = ["Chunk", "Completion", "GenerationRequest", "Target", "TargetError", 
 def _session(pool_size: int = 32) -> requests.Session:
     # Keep-alive connections, sized for gunicorn's thread pool: no per-request TCP set-up.
     session = requests.Session()
+    if not urllib.request.getproxies():
+        # Without proxy variables, skip requests' per-request environment scan (~0.3 ms each).
+        session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
