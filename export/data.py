@@ -85,3 +85,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def strip_choices(prompt: str) -> str:
+    """The question of an MMLU-style prompt without its ``\\nA. … \\nD. …\\nAnswer:`` scaffolding
+    (prompts without that scaffolding come back unchanged): a stand-in for free-form traffic."""
+    i = prompt.rfind("\nA.")
+    if i >= 0 and prompt.rstrip().endswith("Answer:") and all(x in prompt[i:] for x in ("\nB.", "\nC.", "\nD.")):
+        return prompt[:i].strip()
+    return prompt

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from export import metrics, repository
-from export.data import MODELS_FILE, load_models, load_routing_set
+from export.data import MODELS_FILE, load_models, load_routing_set, strip_choices
 
 BATCH = 64
 
@@ -35,6 +35,7 @@ class EvaluateOptions:
     plot: Path | None
     models_json: Path | None
     threads: int
+    question_only: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
@@ -47,8 +48,11 @@ def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
     p.add_argument("--plot", type=Path, help="PNG path (default: next to --scores, .png)")
     p.add_argument("--models-json", type=Path, help=f"weak/strong names (default: {MODELS_FILE} next to --data)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = as served)")
+    p.add_argument("--question-only", action="store_true",
+                   help="generalization check: strip MMLU's 'A. … D. … Answer:' scaffolding before scoring")
     a = p.parse_args(argv)
-    return EvaluateOptions(a.data, a.scores, a.model_repository, a.model_name, a.version, a.plot, a.models_json, a.threads)
+    return EvaluateOptions(a.data, a.scores, a.model_repository, a.model_name, a.version, a.plot, a.models_json, a.threads,
+                           a.question_only)
 
 
 def load_served_module(version_dir: Path) -> ModuleType:
@@ -83,7 +87,8 @@ def score_prompts(runtime: Any, prompts: list[str], batch: int = BATCH) -> np.nd
     return scores
 
 
-def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.ndarray, title: str) -> None:
+def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.ndarray, title: str,
+                baseline: np.ndarray | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +100,7 @@ def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.nda
         ("oracle", strong - weak, "tab:green", ":"),
         ("router", scores, "tab:blue", "-"),
         ("random", np.zeros_like(scores), "tab:gray", "--"),
+        *((("prompt length", baseline, "tab:orange", "-."),) if baseline is not None else ()),
     )
     for label, s, color, style in curves:
         ax.plot(grid * 100, metrics.quality_curve(s, weak, strong, grid), style, color=color, label=label)
@@ -119,6 +125,8 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     models = load_models(opts.models_json or opts.data.parent / MODELS_FILE)
     data = load_routing_set(opts.data, models)
     ids, prompts = data.ids, data.prompts  # only the prompt goes to the model
+    if opts.question_only:
+        prompts = [strip_choices(p) for p in prompts]
     print(f">> scoring {len(prompts)} prompts of {opts.data} with {version_dir}", flush=True)
     runtime = load_runtime(version_dir, opts.threads)
     started = time.monotonic()
@@ -131,10 +139,15 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
             fh.write(json.dumps({"id": i, "score": round(float(s), 7)}) + "\n")
     router = metrics.routing_metrics(scores, data.weak, data.strong).as_dict()
     rand = metrics.random_metrics(data.weak, data.strong).as_dict()
+    # Baseline: longer prompts first (characters of what was scored).
+    by_length = metrics.routing_metrics(np.asarray([len(p) for p in prompts], dtype=np.float64),
+                                        data.weak, data.strong).as_dict()
     plot = opts.plot or opts.scores.with_suffix(".png")
     apgr_text = f", APGR {router['apgr']:.3f}" if router["apgr"] is not None else ""
     plot_curves(plot, data.weak, data.strong, scores,
-                f"{opts.data.name} (version {version_dir.name}{apgr_text})\nweak {models.weak} / strong {models.strong}")
+                f"{opts.data.name}{' (question only)' if opts.question_only else ''} "
+                f"(version {version_dir.name}{apgr_text})\nweak {models.weak} / strong {models.strong}",
+                baseline=np.asarray([len(p) for p in prompts], dtype=np.float64))
     print(f">> wrote {opts.scores} and {plot} ({seconds:.1f} s, {len(prompts) / max(seconds, 1e-9):.0f} prompts/s)",
           flush=True)
     keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")
@@ -142,7 +155,8 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
         return round(v, 4) if isinstance(v, float) else v
 
     return {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
-            "random": {k: r4(rand[k]) for k in keys}}
+            "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
+            "question_only": opts.question_only}
 
 
 def main(argv: list[str] | None = None) -> int:

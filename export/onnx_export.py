@@ -15,8 +15,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 CONFIG_FILE = "config.json"
 
 
-def export_onnx(hf_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
-    """optimum's ONNX exporter, task text-classification; returns the path of model.onnx.
+def export_onnx(hf_dir: Path, out_dir: Path, opset: int | None = None, task: str = "text-classification") -> Path:
+    """optimum's ONNX exporter (task text-classification, or feature-extraction for an encoder whose
+    embeddings feed a numpy head); returns the path of model.onnx.
 
     optimum's own output validation is skipped: ``parity_check`` compares the served code path
     (``tokenizers`` preprocessing + onnxruntime) with PyTorch, which covers more."""
@@ -29,7 +30,7 @@ def export_onnx(hf_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
         main_export(
             model_name_or_path=str(hf_dir),
             output=out_dir,
-            task="text-classification",
+            task=task,
             opset=opset,
             device="cpu",
             do_validation=False,
@@ -73,18 +74,22 @@ def parity_check(
     runtime: Any, hf_tokenizer: Any, torch_logits: np.ndarray, prompts: list[str], max_length: int,
     tolerance: float = 1e-4, batch_size: int = 64,
 ) -> tuple[Parity, np.ndarray]:
-    """Run the served code path over ``prompts`` and compare with PyTorch's logits of the same
-    prompts. Returns the check and the served probabilities."""
+    """Run the served code path over ``prompts`` and compare with PyTorch's logits (or, for an
+    embedding head, pooled embeddings) of the same prompts. Returns the check and the served scores."""
     from export.triton_classifier_model import probabilities
 
     logits = np.concatenate(
         [runtime.logits(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-    ) if prompts else np.zeros((0, 2), dtype=np.float32)
+    ) if prompts else np.zeros((0, torch_logits.shape[1]), dtype=np.float32)
     hf_ids = hf_tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
     # Served ids without the batch padding, to compare with the unpadded transformers ids.
     served_ids = [[t for t, m in zip(e.ids, e.attention_mask) if m] for e in runtime.tokenizer.encode_batch(prompts)]
-    probs = probabilities(logits, runtime.positive_index)
-    torch_probs = probabilities(torch_logits, runtime.positive_index)
+    if runtime.head is None:
+        probs = probabilities(logits, runtime.positive_index)
+        torch_probs = probabilities(torch_logits, runtime.positive_index)
+    else:  # the served score is the head applied to the served embedding (ClassifierRuntime.score)
+        probs = runtime.head.score_embeddings(logits)
+        torch_probs = runtime.head.score_embeddings(torch_logits)
     parity = Parity(
         n=len(prompts),
         max_abs_diff_prob=float(np.max(np.abs(probs - torch_probs))) if len(prompts) else 0.0,

@@ -26,7 +26,7 @@ import numpy as np
 from export import metrics, repository
 from export.data import (
     DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, load_models, load_routing_set,
-    sha256_file,
+    sha256_file, strip_choices,
 )
 from export.train import TrainOptions
 
@@ -36,6 +36,8 @@ TEMPLATE = Path(__file__).with_name("triton_classifier_model.py")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME / "config.pbtxt"
 PARITY_TOLERANCE = 1e-4
 SHARES_FOR_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Base MiniLM sentence embeddings for the kNN head: 128 tokens cover most MMLU questions.
+KNN_MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class ExportOptions:
     limit_train: int | None
     limit_val: int | None
     train_options: TrainOptions
+    head: str = "knn"  # knn: encoder + nearest-neighbour head; classifier: fine-tuned classifier only
+    knn_k: int = 200
+    knn_ramp: float = 0.25
+    knn_label: str = "gap"
+    augment: str = "question-only"
 
     @property
     def model_dir(self) -> Path:
@@ -71,8 +78,21 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--model-name", default=MODEL_NAME)
     p.add_argument("--base-model", type=Path, help="local Hugging Face model dir (default: all-MiniLM-L6-v2 package)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens; longer prompts are truncated")
+    p.add_argument("--head", choices=("knn", "classifier"), default="knn",
+                   help="knn (default): sentence embeddings + a nearest-neighbour vote over the training prompts; "
+                        "classifier: the fine-tuned sequence classifier alone (the previous default)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: 0 for --head knn, i.e. the base "
+                   f"encoder as is; {defaults.epochs} for --head classifier)")
+    p.add_argument("--max-length", type=int, help="tokens; longer prompts are truncated (default: "
+                   f"{KNN_MAX_LENGTH} for --head knn, {defaults.max_length} for --head classifier)")
+    p.add_argument("--knn-k", type=int, default=ExportOptions.knn_k, help="neighbours in the vote")
+    p.add_argument("--knn-ramp", type=float, default=ExportOptions.knn_ramp,
+                   help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range")
+    p.add_argument("--augment", choices=("question-only", "none"), default=ExportOptions.augment,
+                   help="question-only (default): the kNN index also holds each training prompt with MMLU's "
+                        "'A. … D. … Answer:' scaffolding stripped (for free-form traffic)")
+    p.add_argument("--knn-label", choices=("gap", "binary"), default=ExportOptions.knn_label,
+                   help="neighbour label: gap = (strong - weak + 1) / 2, binary = strong beats weak")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
@@ -83,8 +103,14 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--limit-val", type=int, help="use only the first N validation records")
     p.add_argument("--seed", type=int, default=defaults.seed)
     a = p.parse_args(argv)
-    if a.epochs < 1 or a.max_length < 8 or a.batch_size < 1:
-        p.error("--epochs >= 1, --max-length >= 8 and --batch-size >= 1 are required")
+    if a.epochs is None:
+        a.epochs = 0 if a.head == "knn" else defaults.epochs
+    if a.max_length is None:
+        a.max_length = KNN_MAX_LENGTH if a.head == "knn" else defaults.max_length
+    if a.epochs < (1 if a.head == "classifier" else 0) or a.max_length < 8 or a.batch_size < 1:
+        p.error("--epochs >= 1 (>= 0 with --head knn), --max-length >= 8 and --batch-size >= 1 are required")
+    if a.knn_k < 1 or not 0 < a.knn_ramp <= 1:
+        p.error("--knn-k >= 1 and 0 < --knn-ramp <= 1 are required")
     return ExportOptions(
         train=a.train or a.data_dir / TRAIN_FILE,
         val=a.val or a.data_dir / VAL_FILE,
@@ -94,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         model_name=a.model_name,
         limit_train=a.limit_train,
         limit_val=a.limit_val,
+        head=a.head, knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label, augment=a.augment,
         train_options=TrainOptions(
             epochs=a.epochs, max_length=a.max_length, batch_size=a.batch_size, lr=a.lr,
             weight_decay=a.weight_decay, seed=a.seed, freeze_layers=a.freeze_layers, threads=a.threads,
@@ -136,13 +163,39 @@ def ensure_model_config(model_dir: Path) -> None:
         log(f">> WARNING {config} is missing: Triton needs it to serve {model_dir.name}")
 
 
+def knn_labels(data: RoutingSet, kind: str) -> np.ndarray:
+    """Per training prompt, the label its neighbours vote with, in [0, 1]."""
+    if kind == "binary":
+        return data.labels.astype(np.float32)
+    return ((data.strong - data.weak + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
+
+
+def _embed_served(runtime: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
+    """Pooled embeddings through the staged ONNX model (the served code path), length-sorted batches."""
+    from export.triton_classifier_model import mean_pool
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch):
+        index = order[start : start + batch]
+        pooled = mean_pool(*runtime.model_output([prompts[i] for i in index]))
+        if out is None:
+            out = np.zeros((len(prompts), pooled.shape[1]), dtype=np.float32)
+        out[index] = pooled
+    assert out is not None
+    return out
+
+
 def run(opts: ExportOptions) -> dict[str, Any]:
     from export.onnx_export import copy_artifacts, export_onnx, parity_check
-    from export.train import load_base, predict_logits, seed_everything, token_lengths, train_classifier
-    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+    from export.train import (
+        load_base, load_encoder, predict_embeddings, predict_logits, seed_everything, token_lengths, train_classifier,
+    )
+    from export.triton_classifier_model import HEAD_FILE, CALIBRATION_FILE, Calibration, ClassifierRuntime, RuntimeSettings
 
     started = time.monotonic()
     t = opts.train_options
+    knn = opts.head == "knn"
     models = load_models(opts.models_json)
     train = load_routing_set(opts.train, models, opts.limit_train)
     val = load_routing_set(opts.val, models, opts.limit_val)
@@ -151,48 +204,103 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
 
     seed_everything(t.seed)  # the classification head's initialisation
-    tokenizer, model = load_base(base_model)
+    history: list[dict[str, float]] = []
+    if t.epochs > 0:
+        tokenizer, model = load_base(base_model)
+    else:
+        tokenizer, model = load_encoder(base_model)
     lengths = token_lengths(tokenizer, train.prompts)
     log(f">> train token lengths: median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
         f"max {int(lengths.max())}; {np.mean(lengths > t.max_length):.1%} truncated at {t.max_length}")
-    log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
-        f"lr {t.lr}, frozen layers {t.freeze_layers}, {t.threads} threads)")
-    history = train_classifier(tokenizer, model, train, t, log)
+    if t.epochs > 0:
+        log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
+            f"lr {t.lr}, frozen layers {t.freeze_layers}, {t.threads} threads)")
+        history = train_classifier(tokenizer, model, train, t, log)
+    else:
+        log(f">> [1/5] no fine-tuning: base encoder {base_model} as is (max_length {t.max_length})")
+    encoder = getattr(model, model.base_model_prefix) if (knn and t.epochs > 0) else model
 
-    log(">> [2/5] PyTorch validation scores")
-    torch_logits = predict_logits(model, tokenizer, val.prompts, t.max_length)
+    log(">> [2/5] PyTorch validation " + ("embeddings" if knn else "scores"))
+    if knn:
+        import torch
+
+        torch.set_num_threads(max(1, t.threads))
+        torch_out = predict_embeddings(encoder, tokenizer, val.prompts, t.max_length)
+    else:
+        torch_out = predict_logits(model, tokenizer, val.prompts, t.max_length)
 
     ensure_model_config(opts.model_dir)
     stage = repository.staging_dir(opts.model_dir)
     try:
         with tempfile.TemporaryDirectory(prefix="router-export-") as work:
             hf_dir, onnx_dir = Path(work) / "hf", Path(work) / "onnx"
-            model.save_pretrained(hf_dir)
+            encoder.save_pretrained(hf_dir) if knn else model.save_pretrained(hf_dir)
             tokenizer.save_pretrained(hf_dir)
-            log(">> [3/5] ONNX export (optimum, task text-classification)")
-            export_onnx(hf_dir, onnx_dir)
+            task = "feature-extraction" if knn else "text-classification"
+            log(f">> [3/5] ONNX export (optimum, task {task})")
+            export_onnx(hf_dir, onnx_dir, task=task)
             files = copy_artifacts(hf_dir, onnx_dir, stage)
         shutil.copy2(TEMPLATE, stage / "model.py")
         metadata = _metadata(opts, models, train, val, base_model, history, tokenizer)
         _write_json(stage / "metadata.json", metadata)
 
+        if knn:
+            index_prompts, index_labels = list(train.prompts), knn_labels(train, opts.knn_label)
+            if opts.augment == "question-only":
+                stripped = [strip_choices(p) for p in train.prompts]
+                keep = [i for i, (a, b) in enumerate(zip(stripped, train.prompts)) if a != b]
+                index_prompts += [stripped[i] for i in keep]
+                index_labels = np.r_[index_labels, index_labels[keep]]
+            log(f">> [3/5] embedding {len(index_prompts)} training prompts ({len(train)} + question-only copies: "
+                f"{opts.augment}) through the exported model (served code path)")
+            encoder_runtime = ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads))
+            train_emb = _embed_served(encoder_runtime, index_prompts)
+            del encoder_runtime
+            norms = np.linalg.norm(train_emb, axis=1, keepdims=True)
+            np.savez(stage / HEAD_FILE, embeddings=(train_emb / np.maximum(norms, 1e-12)).astype(np.float16),
+                     labels=index_labels.astype(np.float32))
+            files.append(HEAD_FILE)
+            metadata["head"] = {
+                "type": "embedding", "pooling": "mean", "normalize": True,
+                "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": 1.0,
+                "label": opts.knn_label, "n_train": len(train), "n_index": len(index_prompts),
+                "augment": opts.augment,
+                "description": "score = weighted mean of the k nearest index prompts' labels (cosine similarity of "
+                               "mean-pooled embeddings; flat weights ramping to 0 at the (k+1)-th); labels: "
+                               + ("(strong - weak + 1) / 2" if opts.knn_label == "gap" else "strong beats weak"),
+            }
+            metadata["label_definition"] += (" With the kNN head the score is the neighbours' mean label: "
+                                             + ("E[(strong - weak + 1) / 2], which orders prompts like "
+                                                "P(strong needed) - P(weak needed)." if opts.knn_label == "gap"
+                                                else "the share of similar training prompts where the strong "
+                                                     "model won."))
+            _write_json(stage / "metadata.json", metadata)
+
         log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(val)} val prompts")
         runtime = ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads))
-        parity, scores = parity_check(runtime, tokenizer, torch_logits, val.prompts, t.max_length, PARITY_TOLERANCE)
-        log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, logits {parity.max_abs_diff_logit:.2e}, "
+        parity, scores = parity_check(runtime, tokenizer, torch_out, val.prompts, t.max_length, PARITY_TOLERANCE)
+        log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, "
+            f"{'embeddings' if knn else 'logits'} {parity.max_abs_diff_logit:.2e}, "
             f"token ids equal: {parity.token_ids_equal} (tolerance {PARITY_TOLERANCE:g})")
         if not parity.ok:
             raise RuntimeError(f"ONNX parity check failed: {parity}")
         del runtime
 
+        # Calibration served with the version: the validation prompts' served scores, sorted.
+        np.save(stage / CALIBRATION_FILE, np.sort(scores.astype(np.float32)))
+        files.append(CALIBRATION_FILE)
+        calibration = Calibration(np.load(stage / CALIBRATION_FILE))
         router = metrics.routing_metrics(scores, val.weak, val.strong)
         rand = metrics.random_metrics(val.weak, val.strong)
         metadata["validation"] = {
             "router": router.as_dict(), "random": rand.as_dict(), "parity": asdict(parity),
+            # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
             "score_threshold_for_strong_share": {
-                f"{s:.0%}": round(metrics.threshold_for_share(scores, s), 6) for s in SHARES_FOR_THRESHOLDS
+                f"{s:.0%}": round(calibration.threshold_for_share(s), 6) for s in SHARES_FOR_THRESHOLDS
             },
         }
+        metadata["calibration"] = {"file": CALIBRATION_FILE, "set": "validation prompts", "n": len(scores),
+                                   "path": str(opts.val)}
         metadata["export_seconds"] = round(time.monotonic() - started, 1)
         _write_json(stage / "metadata.json", metadata)
 
@@ -226,7 +334,7 @@ def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: Ro
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": {"path": str(base_model), "name": "sentence-transformers/all-MiniLM-L6-v2"
                        if "minilm" in str(base_model).lower() else base_model.name},
-        "task": "text-classification",
+        "task": "feature-extraction" if opts.head == "knn" else "text-classification",
         "labels": {"0": "weak_ok", "1": "strong_needed"},
         "positive_label_index": 1,
         "label_definition": f"1 when scores[{models.strong!r}] > scores[{models.weak!r}]: the strong model beats "
@@ -242,7 +350,7 @@ def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: Ro
             "limit_train": opts.limit_train,
             "limit_val": opts.limit_val,
         },
-        "hyperparameters": asdict(t),
+        "hyperparameters": {**asdict(t), "head": opts.head},
         "training_history": history,
         "software": _versions(),
     }

@@ -167,3 +167,29 @@ def predict_logits(model: Any, tokenizer: Any, prompts: Sequence[str], max_lengt
             index = order[start : start + batch_size]
             out[index] = model(**_collate(encoded, index, tokenizer.pad_token_id)).logits.float().numpy()
     return out
+
+
+def load_encoder(base_model: Path) -> tuple[Any, Any]:
+    """Tokenizer and the bare base encoder (sentence embeddings by mean pooling, no head)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
+    return tokenizer, AutoModel.from_pretrained(str(base_model), local_files_only=True).eval()
+
+
+def predict_embeddings(encoder: Any, tokenizer: Any, prompts: Sequence[str], max_length: int,
+                       batch_size: int = 64) -> np.ndarray:
+    """PyTorch mean-pooled (attention-masked) last hidden states [n, dim], order preserved."""
+    import torch
+
+    encoded = tokenizer(list(prompts), truncation=True, max_length=max_length)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded["input_ids"][i]))
+    out = np.zeros((len(prompts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = _collate(encoded, index, tokenizer.pad_token_id)
+            hidden = encoder(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out[index] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy()
+    return out

@@ -2,8 +2,22 @@
 every version directory, next to ``model.onnx``, the tokenizer files and ``metadata.json``, so
 code, tokenizer and weights are versioned together).
 
-Contract: input ``text`` (TYPE_STRING, dims [1], batched): raw prompt text; output ``score``
-(TYPE_FP32, dims [1]): P(strong model needed) in [0, 1].
+Contract: input ``text`` (TYPE_STRING, dims [1], batched): raw prompt text. Outputs, each computed
+only when requested:
+- ``score`` (TYPE_FP32, dims [1]): need for the strong model, in [0, 1] (classifier export:
+  P(strong model needed); kNN head with gap labels: the similar training prompts' mean of
+  (strong - weak + 1) / 2; see metadata.json ``label_definition``);
+- ``strong_share`` (TYPE_FP32, dims [1]): the fraction of the version's calibration prompts
+  (``calibration.npy``: their sorted scores) that score >= this prompt, so routing to the strong
+  model iff ``strong_share <= s`` sends about a share ``s`` of traffic there;
+- ``calibration`` (TYPE_FP32, dims [9]): the score thresholds that send 10%, 20%, ..., 90% of the
+  calibration traffic to the strong model (the same for every prompt; ask with any text, e.g. "").
+
+Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier (logits; the
+score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
+encoder (``last_hidden_state``) whose mean-pooled, L2-normalised embedding feeds numpy heads
+stored in ``head.npz``: a nearest-neighbour vote over the training prompts' embeddings (soft
+labels), optionally blended with a linear head. One encoder pass per batch.
 
 Serving needs only numpy, ``tokenizers`` and onnxruntime (no torch, no transformers).
 ``ClassifierRuntime`` is the same preprocessing + inference outside Triton (evaluation, tests).
@@ -37,6 +51,10 @@ except ImportError:
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+CALIBRATION_FILE = "calibration.npy"
+HEAD_FILE = "head.npz"
+CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+OUTPUTS = ("score", "strong_share", "calibration")
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,9 @@ class ClassifierRuntime:
         self.session = ort.InferenceSession(str(self.version_dir / MODEL_FILE), options, providers=self.providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
+        self.head = EmbeddingHead.load(self.version_dir, self.metadata)
+        calibration = self.version_dir / CALIBRATION_FILE
+        self.calibration_scores = Calibration(np.load(calibration)) if calibration.is_file() else None
 
     @staticmethod
     def _providers(settings: RuntimeSettings, available: Sequence[str]) -> list[Any]:
@@ -104,14 +125,142 @@ class ClassifierRuntime:
         }
         return {name: value for name, value in feeds.items() if name in self.input_names}
 
+    def model_output(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ONNX model's output for ``texts`` and the attention mask it was computed with."""
+        feeds = self.encode(texts)
+        return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32), feeds["attention_mask"]
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Classifier logits [n, 2] (text-classification export) or, for an embedding head, the
+        pooled sentence embeddings [n, dim] (what the parity check compares with PyTorch)."""
         if len(texts) == 0:
-            return np.zeros((0, 2), dtype=np.float32)
-        return np.asarray(self.session.run([self.output_name], self.encode(texts))[0], dtype=np.float32)
+            return np.zeros((0, 2 if self.head is None else self.head.dim), dtype=np.float32)
+        out, mask = self.model_output(texts)
+        return out if self.head is None else mean_pool(out, mask)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """P(strong model needed) per text, float32 [len(texts)], in one onnxruntime run."""
-        return probabilities(self.logits(texts), self.positive_index)
+        if self.head is None:
+            return probabilities(self.logits(texts), self.positive_index)
+        if len(texts) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.head.score(*self.model_output(texts))
+
+    def strong_share(self, scores: np.ndarray) -> np.ndarray:
+        if self.calibration_scores is None:
+            raise RuntimeError(f"{self.version_dir} has no {CALIBRATION_FILE}")
+        return self.calibration_scores.strong_share(scores)
+
+    def calibration(self) -> np.ndarray:
+        if self.calibration_scores is None:
+            raise RuntimeError(f"{self.version_dir} has no {CALIBRATION_FILE}")
+        return self.calibration_scores.thresholds()
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of the token vectors over the attention mask (sentence-transformers pooling), float32."""
+    m = np.asarray(mask, dtype=np.float32)[:, :, None]
+    h = np.asarray(hidden, dtype=np.float32)
+    return (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class EmbeddingHead:
+    """Scores from a sentence embedding, pure numpy.
+
+    ``knn``: a nearest-neighbour vote over the training prompts' embeddings (cosine similarity):
+    the ``k`` most similar prompts vote with their labels in [0, 1]; weights are flat for the
+    nearest and ramp linearly down to 0 as a neighbour's similarity nears the (k+1)-th's (over the
+    last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
+    embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
+    ``linear`` (optional): ``sigmoid(embedding . w + b)``.
+    The score is ``knn_weight * knn + (1 - knn_weight) * linear`` (a convex blend: stays in [0, 1]).
+    """
+
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
+                 knn_weight: float = 1.0, linear_w: np.ndarray | None = None, linear_b: float = 0.0):
+        self.embeddings = l2_normalize(embeddings)
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
+            raise ValueError("head: embeddings and labels must be non-empty and the same length")
+        self.k = int(max(1, min(k, len(self.labels))))
+        self.ramp = float(ramp)
+        self.knn_weight = float(knn_weight)
+        self.linear_w = None if linear_w is None else np.asarray(linear_w, dtype=np.float32).reshape(-1)
+        self.linear_b = float(linear_b)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def load(cls, version_dir: Path, metadata: dict[str, Any]) -> "EmbeddingHead | None":
+        spec = metadata.get("head") or {}
+        if spec.get("type") != "embedding":
+            return None
+        with np.load(version_dir / HEAD_FILE) as npz:
+            linear_w = npz["linear_w"] if "linear_w" in npz.files else None
+            return cls(npz["embeddings"], npz["labels"], int(spec["k"]), float(spec.get("ramp", 0.25)),
+                       float(spec.get("knn_weight", 1.0)), linear_w, float(spec.get("linear_b", 0.0)))
+
+    def knn(self, emb: np.ndarray) -> np.ndarray:
+        sims = emb @ self.embeddings.T  # cosine similarities [n, train]
+        k, n = self.k, sims.shape[1]
+        top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
+        s = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")
+        top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
+        labels = self.labels[top[:, :k]]
+        if s.shape[1] > k:
+            floor = s[:, k : k + 1]  # the (k+1)-th similarity: weight 0 there
+            width = np.maximum(self.ramp * (s[:, :1] - floor), 1e-9)
+            w = np.clip((s[:, :k] - floor) / width, 0.0, 1.0)
+        else:  # fewer training prompts than k + 1: plain mean
+            w = np.ones_like(s[:, :k])
+        total = w.sum(axis=1)
+        mean = np.where(total > 0, (w * labels).sum(axis=1) / np.maximum(total, 1e-30), labels.mean(axis=1))
+        return mean.astype(np.float64)
+
+    def score_embeddings(self, pooled: np.ndarray) -> np.ndarray:
+        emb = l2_normalize(pooled)
+        score = self.knn(emb)
+        if self.linear_w is not None and self.knn_weight < 1.0:
+            z = emb.astype(np.float64) @ self.linear_w.astype(np.float64) + self.linear_b
+            score = self.knn_weight * score + (1.0 - self.knn_weight) / (1.0 + np.exp(-z))
+        return np.clip(score, 0.0, 1.0).astype(np.float32)
+
+    def score(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.score_embeddings(mean_pool(hidden, mask))
+
+
+class Calibration:
+    """Sorted scores of a calibration set: score <-> share of traffic at or above it."""
+
+    def __init__(self, scores: np.ndarray):
+        self.sorted = np.sort(np.asarray(scores, dtype=np.float32).reshape(-1))
+        if len(self.sorted) == 0:
+            raise ValueError("empty calibration")
+
+    def strong_share(self, scores: np.ndarray) -> np.ndarray:
+        """Fraction of calibration scores >= each score, float32."""
+        s = np.asarray(scores, dtype=np.float32).reshape(-1)
+        below = np.searchsorted(self.sorted, s, side="left")
+        return ((len(self.sorted) - below) / len(self.sorted)).astype(np.float32)
+
+    def threshold_for_share(self, share: float) -> float:
+        """The score threshold (strong when score >= it) that sends ``share`` of the calibration strong."""
+        desc = self.sorted[::-1]
+        k = int(round(share * len(desc)))
+        if k <= 0:
+            return float(np.nextafter(desc[0], np.float32(np.inf)))
+        return float(desc[min(k, len(desc)) - 1])
+
+    def thresholds(self, shares: Sequence[float] = CALIBRATION_SHARES) -> np.ndarray:
+        return np.asarray([self.threshold_for_share(s) for s in shares], dtype=np.float32)
 
 
 def probabilities(logits: np.ndarray, positive_index: int = 1) -> np.ndarray:
@@ -130,6 +279,17 @@ def _decode(value: Any) -> str:
     if isinstance(value, (bytes, bytearray, np.bytes_)):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)
+
+
+def requested_outputs(request: Any) -> tuple[str, ...]:
+    """The outputs a request asked for, in OUTPUTS order (Triton lists all of them when the client
+    names none); ``score`` alone for a request object without the method."""
+    method = getattr(request, "requested_output_names", None)
+    names = set(method()) if callable(method) else {"score"}
+    unknown = names - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown outputs requested: {sorted(unknown)}")
+    return tuple(n for n in OUTPUTS if n in names) or ("score",)
 
 
 def settings_from_config(model_config: dict[str, Any], environ: dict[str, str] | None = None) -> RuntimeSettings:
@@ -160,20 +320,28 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         texts: list[str] = []
-        spans: list[tuple[int, int] | Exception] = []
+        spans: list[tuple[int, int, tuple[str, ...]] | Exception] = []
         for request in requests:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, "text")
                 if tensor is None:
                     raise ValueError("missing input 'text'")
+                wanted = requested_outputs(request)
                 batch = [_decode(v) for v in np.asarray(tensor.as_numpy(), dtype=object).reshape(-1)]
-                spans.append((len(texts), len(texts) + len(batch)))
-                texts.extend(batch)
+                if "score" in wanted or "strong_share" in wanted:  # only `calibration`: no model run
+                    spans.append((len(texts), len(texts) + len(batch), wanted))
+                    texts.extend(batch)
+                else:
+                    spans.append((0, len(batch), wanted))
             except Exception as exc:  # one bad request must not fail its batch-mates
                 spans.append(exc)
 
         try:
-            scores = self.runtime.score(texts)
+            scores = self.runtime.score(texts) if texts else np.zeros(0, dtype=np.float32)
+            shares = (self.runtime.strong_share(scores) if any(
+                not isinstance(sp, Exception) and "strong_share" in sp[2] for sp in spans) else None)
+            calibration = (self.runtime.calibration() if any(
+                not isinstance(sp, Exception) and "calibration" in sp[2] for sp in spans) else None)
         except Exception as exc:
             return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"router_classifier: {exc}"))
                     for _ in requests]
@@ -183,12 +351,19 @@ class TritonPythonModel:
             if isinstance(span, Exception):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(span))))
                 continue
-            start, end = span
-            # A fresh, owned, C-contiguous, native-endian float32 [n, 1] array per response: no views
-            # into the batch array, no numpy scalar types, nothing the stub must convert.
-            out = np.empty((end - start, 1), dtype=np.float32)
-            out[:, 0] = scores[start:end]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("score", out)]))
+            start, end, wanted = span
+            # Fresh, owned, C-contiguous, native-endian float32 arrays per response: no views into
+            # the batch arrays, no numpy scalar types, nothing the stub must convert.
+            tensors = []
+            for name in wanted:
+                if name == "calibration":
+                    out = np.empty((end - start, len(CALIBRATION_SHARES)), dtype=np.float32)
+                    out[:] = calibration
+                else:
+                    out = np.empty((end - start, 1), dtype=np.float32)
+                    out[:, 0] = (scores if name == "score" else shares)[start:end]
+                tensors.append(pb_utils.Tensor(name, out))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
     def finalize(self) -> None:

@@ -139,8 +139,12 @@ class Router:
             share = policy.strong_share
         if share is not None:
             if c.strong_share is None:
-                raise APIError(400, "The served router model has no calibration, so 'strong_share' cannot be "
-                                    "used; give a threshold instead.", param="router.strong_share",
+                if overrides.strong_share is not None:
+                    raise APIError(400, "The served router model has no calibration, so 'strong_share' cannot be "
+                                        "used; give a threshold instead.", param="router.strong_share",
+                                   code="calibration_unavailable")
+                raise APIError(503, f"Policy '{policy.name}' routes by strong_share, but the served router model "
+                                    "has no calibration (export a new version).", type="api_error",
                                code="calibration_unavailable")
             strong = share > 0 and c.strong_share <= share
             return (policy.strong if strong else policy.weak), None, share  # type: ignore[return-value]

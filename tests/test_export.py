@@ -24,7 +24,8 @@ from export.pipeline import MODEL_NAME, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64"]
-VERSION_FILES = {"model.onnx", "model.py", "metadata.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+VERSION_FILES = {"model.onnx", "model.py", "metadata.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "calibration.npy"}
 
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
@@ -84,9 +85,18 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert (version / "model.py").read_bytes() == TEMPLATE.read_bytes()
     assert not [p for p in exported.model_dir.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
+    assert (version / "head.npz").is_file()  # the default kNN head: training embeddings + labels
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["max_length"] == 64
-    assert meta["hyperparameters"]["epochs"] == 1
+    assert meta["hyperparameters"]["epochs"] == 1 and meta["hyperparameters"]["head"] == "knn"
+    assert meta["task"] == "feature-extraction" and meta["head"]["type"] == "embedding"
+    with np.load(version / "head.npz") as head:
+        n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
+        assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only"
+        assert head["embeddings"].shape == (n_index, 384) and head["labels"].shape == (n_index,)
+        assert np.all((head["labels"] >= 0) & (head["labels"] <= 1))
+    calibration = np.load(version / "calibration.npy")
+    assert calibration.shape == (128,) and np.all(np.diff(calibration) >= 0)  # the val prompts' scores, sorted
     assert meta["models"] == {"weak": "mixtral-8x7b-instruct-v0.1", "strong": "gpt-4-1106-preview"}
     train_file = exported.data / "mmlu-train.jsonl"
     assert meta["data"]["train"]["sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
@@ -129,11 +139,15 @@ def test_repository_helpers(tmp_path: Path) -> None:
 
 def test_second_export_adds_a_version_and_keeps_the_first(exported: SimpleNamespace) -> None:
     before = tree_digest(exported.model_dir / "1")
+    # The previous default (fine-tuned sequence classifier alone) still exports and serves.
     proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
-                      *TINY, "--seed", "1")
+                      *TINY, "--seed", "1", "--head", "classifier")
     assert proc.returncode == 0
     assert last_json(proc.stdout)["version"] == 2
     assert VERSION_FILES <= {p.name for p in (exported.model_dir / "2").iterdir()}
+    assert not (exported.model_dir / "2" / "head.npz").exists()
+    meta = json.loads((exported.model_dir / "2" / "metadata.json").read_text())
+    assert meta["task"] == "text-classification" and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
     assert tree_digest(exported.model_dir / "1") == before
     assert repository.latest_version(exported.model_dir) == 2
 
@@ -239,6 +253,90 @@ def test_triton_execute_batches_requests_in_one_run(exported: SimpleNamespace, m
     np.testing.assert_allclose(got[:, 0], model.runtime.score(prompts[:5]), atol=1e-5)
 
 
+class _FakeRequest(dict):
+    """A request that names its outputs, like pb_utils.InferenceRequest.requested_output_names()."""
+
+    def __init__(self, text: np.ndarray, outputs: list[str]):
+        super().__init__(text=_FakeTensor("text", text))
+        self._outputs = outputs
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._outputs)
+
+
+def _triton_model(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from export.evaluate import load_served_module
+
+    module = load_served_module(version)
+    monkeypatch.setattr(module, "pb_utils", _fake_pb_utils())
+    monkeypatch.setattr(module, "__file__", str(version / "model.py"))
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"parameters": {"device": {"string_value": "cpu"}}})})
+    return model
+
+
+@pytest.mark.parametrize("version", ["1", "2"])  # kNN head and the classifier-only export
+def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                                    version: str) -> None:
+    if version == "2" and not (exported.model_dir / "2").is_dir():
+        pytest.skip("needs test_second_export_adds_a_version_and_keeps_the_first")
+    vdir = exported.model_dir / version
+    model = _triton_model(vdir, monkeypatch)
+    calls: list[int] = []
+    score = model.runtime.score
+    monkeypatch.setattr(model.runtime, "score", lambda texts: calls.append(len(texts)) or score(texts))
+    prompts = _prompts(exported, 8)
+    calib = np.load(vdir / "calibration.npy").astype(np.float32)
+    meta = json.loads((vdir / "metadata.json").read_text())
+
+    requests = [
+        _FakeRequest(np.array([[p.encode()] for p in prompts[:3]], dtype=object), ["score", "strong_share"]),
+        _FakeRequest(np.array([[b""]], dtype=object), ["calibration"]),  # the router's periodic ask
+        _FakeRequest(np.array([[prompts[3].encode()]], dtype=object), ["strong_share"]),
+        _FakeRequest(np.array([[prompts[4].encode()]], dtype=object), ["score"]),
+    ]
+    responses = model.execute(requests)
+    assert calls == [5]  # one model run; the calibration-only request needs none
+    assert not any(r.error for r in responses)
+    names = [[t._name for t in r.output_tensors] for r in responses]
+    assert names == [["score", "strong_share"], ["calibration"], ["strong_share"], ["score"]]
+    for r in responses:
+        for t in r.output_tensors:
+            out = t.as_numpy()
+            assert out.dtype == np.dtype("=f4") and out.flags.c_contiguous and out.flags.owndata and out.ndim == 2
+
+    scores = score(prompts[:5])
+    got_scores = responses[0].output_tensors[0].as_numpy()[:, 0]
+    np.testing.assert_allclose(got_scores, scores[:3], atol=1e-6)  # score unchanged by the extra output
+    shares = np.r_[responses[0].output_tensors[1].as_numpy()[:, 0], responses[2].output_tensors[0].as_numpy()[:, 0]]
+    expected = np.array([np.mean(calib >= s) for s in scores[:4]], dtype=np.float32)
+    np.testing.assert_allclose(shares, expected, atol=1e-6)
+    assert np.all((shares >= 0) & (shares <= 1))
+
+    thresholds = responses[1].output_tensors[0].as_numpy()
+    assert thresholds.shape == (1, 9)
+    assert np.all(np.diff(thresholds[0]) <= 0)  # a larger strong share needs a lower threshold
+    for k, thr in enumerate(thresholds[0], start=1):
+        assert np.mean(calib >= thr) == pytest.approx(k / 10, abs=1.5 / len(calib))
+        assert meta["validation"]["score_threshold_for_strong_share"][f"{k * 10}%"] == pytest.approx(float(thr), abs=1e-6)
+    # The calibration is the served scores of the validation prompts: the val scores reproduce it.
+    val = [json.loads(line)["prompt"] for line in (exported.data / "mmlu-val.jsonl").read_text().splitlines()[:128]]
+    np.testing.assert_allclose(np.sort(score(val)), calib, atol=1e-5)
+
+
+def test_calibration_math() -> None:
+    from export.triton_classifier_model import Calibration
+
+    cal = Calibration(np.arange(100, dtype=np.float32)[::-1] / 100)  # 0.00 … 0.99, any order
+    np.testing.assert_allclose(cal.strong_share(np.array([0.0, 0.5, 0.99, 1.5, -1.0])), [1.0, 0.5, 0.01, 0.0, 1.0])
+    thresholds = cal.thresholds()
+    np.testing.assert_allclose(thresholds, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], atol=1e-6)
+    # Routing strong iff strong_share <= s sends exactly s of the calibration set strong.
+    for k, thr in enumerate(thresholds, start=1):
+        assert np.mean(cal.strong_share(cal.sorted) <= k / 10) == pytest.approx(k / 10)
+        assert np.mean(cal.sorted >= thr) == pytest.approx(k / 10)
+
+
 def test_runtime_device_choice() -> None:
     from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings, settings_from_config
 
@@ -305,3 +403,12 @@ def test_export_rejects_unknown_model_names(tmp_path: Path) -> None:
                       "--models-json", str(data / "models.json"), "--model-repository", str(repo), "--epochs", "1")
     assert proc.returncode == 1 and "nonexistent" in proc.stderr
     assert repository.list_versions(repo / MODEL_NAME, complete_only=False) == []
+
+
+def test_strip_choices() -> None:
+    from export.data import strip_choices
+
+    prompt = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    assert strip_choices(prompt) == "Which is a prime?"
+    for free_form in ("Write a haiku about rain.", "Plan A. then B.\nAnswer: later", ""):
+        assert strip_choices(free_form) == free_form

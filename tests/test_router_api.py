@@ -63,10 +63,10 @@ def test_automatic_routing_uses_the_classifier(router_url: str, triton: TritonSe
     assert resp.status_code == 200, resp.text
     body = resp.json()
     score = float(resp.headers["x-router-score"])
-    expected = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30).score([prompt])[0]
-    assert score == pytest.approx(expected, abs=1e-5)  # the last user turn is what was classified
-    threshold = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())["policies"][0]["threshold"]
-    target = "gemma3-270m" if score >= threshold else "smollm2-135m"
+    expected = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30).classify([prompt])[0]
+    assert score == pytest.approx(expected.score, abs=1e-5)  # the last user turn is what was classified
+    share = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())["policies"][0]["strong_share"]
+    target = "gemma3-270m" if expected.strong_share <= share else "smollm2-135m"
     assert resp.headers["x-router-target"] == body["model"] == target
     assert resp.headers["x-router-policy"] == "default"
     assert body["object"] == "chat.completion"
@@ -223,3 +223,32 @@ def test_readiness_follows_triton(model_repo: Path, tmp_path: Path) -> None:
             _assert_error(_chat(url), 503)
     finally:
         server.stop()
+
+
+# --- calibration: strong_share routing with the calibration stored in the served version ---
+
+def test_calibration_is_served_with_the_model(router_url: str, triton: TritonServer) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    calibration = client.calibration()
+    assert calibration is not None and list(calibration) == [f"{k / 10:.1f}" for k in range(1, 10)]
+    thresholds = list(calibration.values())
+    assert thresholds == sorted(thresholds, reverse=True)  # a larger strong share needs a lower threshold
+    stats = requests.get(router_url + "/v1/router/stats", timeout=10).json()
+    assert stats["calibration"]["minilm"] == calibration
+    for c in client.classify(PROMPTS):
+        assert c.strong_share is not None and 0.0 <= c.strong_share <= 1.0
+    # strong_share is monotone in the score: higher score, smaller share of traffic above it.
+    ranked = sorted(client.classify(PROMPTS), key=lambda c: c.score)
+    assert [c.strong_share for c in ranked] == sorted((c.strong_share for c in ranked), reverse=True)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_strong_share_override_routes_by_calibration(router_url: str, triton: TritonServer, share: float) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    for prompt in PROMPTS:
+        expected = client.classify([prompt])[0]
+        strong = share > 0 and expected.strong_share <= share
+        resp = _chat(router_url, messages=[{"role": "user", "content": prompt}], max_tokens=1,
+                     router={"strong_share": share})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-router-target"] == ("gemma3-270m" if strong else "smollm2-135m")
