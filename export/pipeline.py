@@ -172,11 +172,13 @@ def knn_labels(data: RoutingSet, kind: str) -> np.ndarray:
 
 def _embed_served(runtime: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
     """Pooled embeddings through the staged ONNX model (the served code path), length-sorted batches."""
+    from tqdm.auto import tqdm
+
     from export.triton_classifier_model import mean_pool
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: np.ndarray | None = None
-    for start in range(0, len(order), batch):
+    for start in tqdm(range(0, len(order), batch), desc="embedding", unit="batch"):
         index = order[start : start + batch]
         pooled = mean_pool(*runtime.model_output([prompts[i] for i in index]))
         if out is None:
