@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts = _prompts(args.data, 512)
     results: dict[str, object] = {"cpu_count": os.cpu_count()}
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    ports = TritonPorts.free()
     with tempfile.TemporaryDirectory() as tmp, TritonServer(args.model_repository.resolve(), ports=ports,
                                                             log_file=Path(tmp) / "triton.log") as triton, \
             InstantUpstream() as upstream:

@@ -71,12 +71,29 @@ class TritonPorts:
             metrics=int(env.get("TRITON_METRICS_PORT", d.metrics)),
         )
 
+    @classmethod
+    def free(cls, host: str = "127.0.0.1") -> TritonPorts:
+        """Three distinct ports that are free right now (tests, benchmarks)."""
+        http, grpc, metrics = free_ports(3, host)
+        return cls(http=http, grpc=grpc, metrics=metrics)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports that are free right now: all sockets stay bound until all are picked,
+    so the kernel cannot hand out the same port twice."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free right now (the kernel picks it); good enough for tests."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -57,7 +57,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, routing_data: Path) -> 
 
 @pytest.fixture(scope="session")
 def triton(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    ports = TritonPorts.free()
     server = TritonServer(model_repo, ports=ports, log_file=tmp_path_factory.mktemp("triton") / "triton.log")
     server.start(timeout_s=600)
     yield server

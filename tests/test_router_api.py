@@ -208,7 +208,7 @@ def test_readiness_follows_triton(model_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "router_classifier").symlink_to(model_repo / "router_classifier")
-    server = TritonServer(repo, ports=TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
+    server = TritonServer(repo, ports=TritonPorts.free(),
                           log_file=tmp_path / "triton.log")
     server.start(timeout_s=300)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from router_service.triton_launcher import TritonPorts, TritonServer, TritonStartError, free_port
+from router_service.triton_launcher import TritonPorts, TritonServer, TritonStartError
 
 pytestmark = pytest.mark.triton
 
@@ -29,7 +29,7 @@ def make_repository(dest: Path, models: tuple[str, ...] = LLMS) -> Path:
 
 
 def new_server(repo: Path, log_dir: Path) -> TritonServer:
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    ports = TritonPorts.free()
     return TritonServer(repo, ports=ports, log_file=log_dir / "triton.log")
 
 
