@@ -80,7 +80,10 @@ class Router:
         self._targets = {t.name: t for t in config.targets}
         self._rules = compile_rules(config.rules)
         self._privacy = PrivacyDetector(config.privacy)
-        self._counters = {t.name: TokenCounter(t.tokenizer) for t in config.targets}
+        # Targets with the same tokenizer (most: none, i.e. the estimate) share one counter, so a
+        # decision counts the prompt once per tokenizer, not once per candidate target.
+        shared: dict[str | None, TokenCounter] = {}
+        self._counters = {t.name: shared.setdefault(t.tokenizer, TokenCounter(t.tokenizer)) for t in config.targets}
 
     # -- which policy ------------------------------------------------------------------------
     def policy_for_model(self, model: str, overrides: RouterOverrides) -> PolicyConfig | None:
@@ -158,19 +161,24 @@ class Router:
         return Usage(decision.prompt_tokens, self._counters[target].count_text(text))
 
     # -- constraints -------------------------------------------------------------------------
-    def _fits(self, target: TargetConfig, request: RoutingRequest) -> tuple[bool, int]:
+    def _fits(self, target: TargetConfig, request: RoutingRequest, counted: dict[int, int]) -> tuple[bool, int]:
+        """Does prompt + max_tokens fit the target's window? ``counted`` caches counts per counter."""
         counter = self._counters[target.name]
-        contents = [m.content for m in request.messages]
-        tokens = counter.count_chat(contents) if request.is_chat else counter.count_text(contents[0])
+        tokens = counted.get(id(counter))
+        if tokens is None:
+            contents = [m.content for m in request.messages]
+            tokens = counter.count_chat(contents) if request.is_chat else counter.count_text(contents[0])
+            counted[id(counter)] = tokens
         budget = request.max_tokens or target.default_max_tokens
         return tokens + budget <= target.context_window, tokens
 
-    def _allowed(self, target: TargetConfig, request: RoutingRequest, private: str | None) -> bool:
+    def _allowed(self, target: TargetConfig, request: RoutingRequest, private: str | None,
+                 counted: dict[int, int]) -> bool:
         if private is not None and not target.is_self_hosted:
             return False
         if request.needs_tools and not target.can_use_tools:
             return False
-        return self._fits(target, request)[0]
+        return self._fits(target, request, counted)[0]
 
     def _constrain(self, choice: Decision, policy: PolicyConfig | None, request: RoutingRequest) -> Decision:
         ordered = [choice.target]
@@ -183,9 +191,10 @@ class Router:
             ranked = policy.targets
             at = ranked.index(choice.target)
             ordered += [t for t in ranked[at + 1:] + ranked[:at][::-1] if t not in ordered]
-        allowed = [n for n in ordered if self._allowed(self._targets[n], request, choice.private)]
+        counted: dict[int, int] = {}
+        allowed = [n for n in ordered if self._allowed(self._targets[n], request, choice.private, counted)]
         if not allowed:
-            self._refuse(ordered, request, choice.private)
+            self._refuse(ordered, request, choice.private, counted)
         if allowed[0] != choice.target:
             reason += ":escalated"
         # Fallbacks come from the chosen (or escalated-to) target's own list, not the escalation chain.
@@ -193,9 +202,10 @@ class Router:
         fallbacks = [f for f in self._targets[head].fallbacks if f in allowed and f != head]
         return Decision(candidates=(head, *fallbacks), policy=choice.policy, reason=reason, score=choice.score,
                         threshold=choice.threshold, strong_share=choice.strong_share, degraded=choice.degraded,
-                        private=choice.private, prompt_tokens=self._fits(self._targets[head], request)[1])
+                        private=choice.private, prompt_tokens=self._fits(self._targets[head], request, counted)[1])
 
-    def _refuse(self, ordered: list[str], request: RoutingRequest, private: str | None) -> None:
+    def _refuse(self, ordered: list[str], request: RoutingRequest, private: str | None,
+                counted: dict[int, int]) -> None:
         """No candidate is allowed: say which constraint ruled them all out."""
         targets = [self._targets[n] for n in ordered]
         if private is not None:
@@ -209,7 +219,7 @@ class Router:
             if not targets:
                 raise bad_request("No target this request may use supports 'tools' or 'response_format'.",
                                   param="tools", code="unsupported_parameter")
-        tokens = self._fits(targets[0], request)[1]
+        tokens = self._fits(targets[0], request, counted)[1]
         budget = request.max_tokens or targets[0].default_max_tokens
         raise bad_request(f"The prompt (~{tokens} tokens) plus max_tokens ({budget}) exceeds the context window of "
                           "every target this request may use.", param="messages", code="context_length_exceeded")
