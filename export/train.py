@@ -155,18 +155,25 @@ def train_classifier(
     return history
 
 
-def predict_logits(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """PyTorch logits [n, 2], batched by similar length (order preserved)."""
+def _predict_batched(tokenizer: Any, prompts: Sequence[str], max_length: int, width: int, batch_size: int,
+                     forward: Any) -> np.ndarray:
+    """Run ``forward(batch) -> tensor [b, width]`` over length-sorted batches; rows in prompt order."""
     import torch
 
     encoded = tokenizer(list(prompts), truncation=True, max_length=max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded["input_ids"][i]))
-    out = np.zeros((len(prompts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(prompts), width), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            out[index] = model(**_collate(encoded, index, tokenizer.pad_token_id)).logits.float().numpy()
+            out[index] = forward(_collate(encoded, index, tokenizer.pad_token_id)).float().numpy()
     return out
+
+
+def predict_logits(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """PyTorch logits [n, 2], batched by similar length (order preserved)."""
+    return _predict_batched(tokenizer, prompts, max_length, model.config.num_labels, batch_size,
+                            lambda batch: model(**batch).logits)
 
 
 def load_encoder(base_model: Path) -> tuple[Any, Any]:
@@ -180,16 +187,10 @@ def load_encoder(base_model: Path) -> tuple[Any, Any]:
 def predict_embeddings(encoder: Any, tokenizer: Any, prompts: Sequence[str], max_length: int,
                        batch_size: int = 64) -> np.ndarray:
     """PyTorch mean-pooled (attention-masked) last hidden states [n, dim], order preserved."""
-    import torch
 
-    encoded = tokenizer(list(prompts), truncation=True, max_length=max_length)
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded["input_ids"][i]))
-    out = np.zeros((len(prompts), encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            batch = _collate(encoded, index, tokenizer.pad_token_id)
-            hidden = encoder(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out[index] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy()
-    return out
+    def pooled(batch: dict[str, Any]) -> Any:
+        hidden = encoder(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    return _predict_batched(tokenizer, prompts, max_length, encoder.config.hidden_size, batch_size, pooled)
