@@ -101,6 +101,10 @@ class ClassifierRuntime:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
         self.head = EmbeddingHead.load(self.version_dir, self.metadata)
+        # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
+        # prompt's score would depend on what Triton batched it with: quantized models run each
+        # prompt alone (no padding either), keeping scores batch-independent.
+        self.per_prompt = self.metadata.get("precision") == "int8"
         calibration = self.version_dir / CALIBRATION_FILE
         self.calibration_scores = Calibration(np.load(calibration)) if calibration.is_file() else None
 
@@ -127,6 +131,13 @@ class ClassifierRuntime:
 
     def model_output(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The ONNX model's output for ``texts`` and the attention mask it was computed with."""
+        if self.per_prompt and len(texts) > 1:
+            parts = [self.model_output([t]) for t in texts]
+            width = max(mask.shape[1] for _, mask in parts)
+            # hidden states [1, tokens, dim] pad to the longest prompt; classifier logits [1, labels] need none
+            outs = [np.pad(o, ((0, 0), (0, width - m.shape[1]), (0, 0))) if o.ndim == 3 else o for o, m in parts]
+            masks = [np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in parts]
+            return np.concatenate(outs), np.concatenate(masks)
         feeds = self.encode(texts)
         return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32), feeds["attention_mask"]
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from export import repository
@@ -98,6 +99,10 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert meta["data"]["train"]["sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
     assert meta["data"]["train"]["records_used"] == 256 and meta["data"]["val"]["records_used"] == 128
     assert meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
+    # Served precision: int8 by default, checked against the fp32 export's scores.
+    assert meta["precision"] == "int8" and meta["validation"]["int8_vs_fp32"]["spearman"] >= 0.8
+    ops = {node.op_type for node in onnx.load(str(version / "model.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
 
     summary = exported.summary
     assert summary["version"] == 1 and summary["n"] == 128
@@ -137,13 +142,15 @@ def test_second_export_adds_a_version_and_keeps_the_first(exported: SimpleNamesp
     before = tree_digest(exported.model_dir / "1")
     # The previous default (fine-tuned sequence classifier alone) still exports and serves.
     proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
-                      *TINY, "--seed", "1", "--head", "classifier")
+                      *TINY, "--seed", "1", "--head", "classifier", "--precision", "fp32")
     assert proc.returncode == 0
     assert last_json(proc.stdout)["version"] == 2
     assert VERSION_FILES <= {p.name for p in (exported.model_dir / "2").iterdir()}
     assert not (exported.model_dir / "2" / "head.npz").exists()
     meta = json.loads((exported.model_dir / "2" / "metadata.json").read_text())
     assert meta["task"] == "text-classification" and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
+    assert meta["precision"] == "fp32" and meta["validation"]["int8_vs_fp32"] is None
+    assert "MatMulInteger" not in {n.op_type for n in onnx.load(str(exported.model_dir / "2" / "model.onnx")).graph.node}
     assert tree_digest(exported.model_dir / "1") == before
     assert repository.latest_version(exported.model_dir) == 2
 
