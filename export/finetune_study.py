@@ -139,6 +139,7 @@ def infer(model, ids_all, bs=512):
 
 def knn(index_emb, labels, q, k=200, ramp=0.25):
     lab = torch.as_tensor(labels, device=DEV, dtype=torch.float32)
+    k = min(k, len(labels) - 1)  # smoke runs (SWEEP_LIMIT) have tiny indexes
     out = []
     for s in range(0, len(q), 1024):
         sims = q[s : s + 1024] @ index_emb.T
