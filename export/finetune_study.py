@@ -21,7 +21,7 @@ from transformers import BertConfig, BertModel
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.getcwd())
-from export.metrics import routing_metrics  # noqa: E402
+from export.metrics import average_ranks, routing_metrics  # noqa: E402
 from export.data import strip_choices  # noqa: E402
 
 T0 = time.time()
@@ -38,6 +38,13 @@ WEAK, STRONG = _models["weak"], _models["strong"]
 
 def log(*a):
     print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def record(row):
+    """Print a result row and append it to OUT/sweep.jsonl."""
+    log(json.dumps(row))
+    with open(f"{OUT}/sweep.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def load(path):
@@ -97,7 +104,7 @@ def base_encoder():
     cfg = BertConfig.from_pretrained(MODEL_DIR)
     m = BertModel(cfg, add_pooling_layer=False)
     sd = {k: v.float() for k, v in load_file(f"{MODEL_DIR}/model.safetensors").items()}
-    missing, unexpected = m.load_state_dict(sd, strict=False)
+    missing, _ = m.load_state_dict(sd, strict=False)
     assert not missing, missing
     return m.to(DEV)
 
@@ -159,7 +166,7 @@ def head_score(outs, obj):
 
 
 def rank(x):
-    r = np.empty(len(x)); r[np.argsort(x, kind="stable")] = np.arange(len(x)); return r / len(x)
+    return average_ranks(x) / len(x)
 
 
 def apgr(s, w, q):
@@ -191,7 +198,7 @@ def evaluate(model, obj, enc_cache, base_knn):
     return out, scores
 
 
-def train_config(cfg, results):
+def train_config(cfg):
     obj, lr, epochs, max_len, bs = cfg["obj"], cfg["lr"], cfg["epochs"], cfg["max_len"], cfg.get("bs", 32)
     seed = cfg.get("seed", 0)
     torch.manual_seed(seed); random.seed(seed); np.random.seed(seed)
@@ -251,10 +258,7 @@ def train_config(cfg, results):
             tl += loss.item() * len(b)
         res, scores = evaluate(model, obj, enc_cache, base_knn)
         row = {"cfg": cfg, "epoch": ep, "loss": round(tl / len(fit_ids), 4), "epoch_s": round(time.time() - t_ep, 1), **res}
-        results.append(row)
-        log(json.dumps(row))
-        with open(f"{OUT}/sweep.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        record(row)
         all_scores[ep] = scores
     name = f"{cfg['obj']}_lr{cfg['lr']}_ml{max_len}_e{epochs}_s{seed}"
     np.savez_compressed(f"{OUT}/scores_{name}.npz", **{f"e{ep}_{s}_{k}": v for ep, sc in all_scores.items()
@@ -280,16 +284,13 @@ def throughput():
         for ids, mask in tens:
             enc(input_ids=ids, attention_mask=mask)
         torch.cuda.synchronize(); t_enc = time.time() - t
-        row = {"split": True, "max_len": max_len, "tokenizer_prompts_per_s": round(len(prompts) / t_tok),
-               "encoder_fp16_prompts_per_s": round(len(prompts) / t_enc), "cpu_count": os.cpu_count()}
-        log(json.dumps(row))
-        with open(f"{OUT}/sweep.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        record({"split": True, "max_len": max_len, "tokenizer_prompts_per_s": round(len(prompts) / t_tok),
+                "encoder_fp16_prompts_per_s": round(len(prompts) / t_enc), "cpu_count": os.cpu_count()})
     for max_len in (128, 64):
+        tok.enable_truncation(max_len)  # set once per setting: outside the timed loop
+        tok.enable_padding(length=None)
         for bs in (256, 1024):
             def run(prompts_batch):
-                tok.enable_truncation(max_len)
-                tok.enable_padding(length=None)
                 e = tok.encode_batch(prompts_batch)
                 ids = torch.tensor([x.ids for x in e]).to(DEV, non_blocking=True)
                 mask = torch.tensor([x.attention_mask for x in e]).to(DEV, non_blocking=True)
@@ -304,10 +305,7 @@ def throughput():
                 run(prompts[s : s + bs]); n += len(prompts[s : s + bs])
             torch.cuda.synchronize()
             dt = time.time() - t
-            row = {"throughput": True, "max_len": max_len, "batch": bs, "prompts_per_s": round(n / dt)}
-            log(json.dumps(row))
-            with open(f"{OUT}/sweep.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            record({"throughput": True, "max_len": max_len, "batch": bs, "prompts_per_s": round(n / dt)})
     tok.no_padding()
     del enc
 
@@ -315,7 +313,6 @@ def throughput():
 if DEV == "cuda" and not LIMIT and not os.environ.get("SKIP_THROUGHPUT"):
     throughput()
 
-BASE_KNN = {}
 if os.environ.get("BASE_KNN"):  # base_knn.npz of an earlier run: skips recomputing the reference
     z = np.load(os.environ["BASE_KNN"])
     BASE_KNN = {ml: {k: z[f"ml{ml}_{k}"] for k in ("dev", "val", "valQ")} for ml in (128, 256)}
@@ -328,11 +325,8 @@ else:
         cache = {"fit": encode(fitP, ml), "dev": encode(devP, ml), "val": encode(vaP, ml), "valQ": encode(vaQ, ml)}
         e = {k: infer(base, v)[0] for k, v in cache.items()}
         BASE_KNN[ml] = {k: knn(e["fit"], fitL, e[k]) for k in ("dev", "val", "valQ")}
-        row = {"base_knn": ml, "dev": apgr(BASE_KNN[ml]["dev"], trw[dev_idx], trs[dev_idx]),
-               "val": apgr(BASE_KNN[ml]["val"], vaw, vas), "valQ": apgr(BASE_KNN[ml]["valQ"], vaw, vas)}
-        log(json.dumps(row))
-        with open(f"{OUT}/sweep.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        record({"base_knn": ml, "dev": apgr(BASE_KNN[ml]["dev"], trw[dev_idx], trs[dev_idx]),
+                "val": apgr(BASE_KNN[ml]["val"], vaw, vas), "valQ": apgr(BASE_KNN[ml]["valQ"], vaw, vas)})
     np.savez_compressed(f"{OUT}/base_knn.npz", **{f"ml{ml}_{k}": v for ml, d in BASE_KNN.items() for k, v in d.items()})
     del base
 
@@ -348,10 +342,9 @@ if os.environ.get('SWEEP_CONFIGS'):
     CONFIGS = json.loads(os.environ['SWEEP_CONFIGS'])
 if LIMIT:
     CONFIGS = [dict(c, epochs=1) for c in CONFIGS[:3]]
-results = []
 for cfg in CONFIGS:
     if time.time() - T0 > DEADLINE:
         break
     log("config", cfg)
-    train_config(cfg, results)
+    train_config(cfg)
 log("done")

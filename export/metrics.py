@@ -143,14 +143,32 @@ def auc(scores: ArrayLike, labels: ArrayLike) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    ranks = average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_ranks(values: ArrayLike) -> NDArray[np.float64]:
+    """1-based ranks of ``values``; tied values share their group's average rank."""
+    s = np.asarray(values, dtype=np.float64).reshape(-1)
     order = np.argsort(s, kind="stable")
     s_sorted = s[order]
     starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
     sizes = np.diff(np.r_[starts, len(s_sorted)])
-    mean_rank = starts + (sizes + 1) / 2.0  # 1-based average rank of each tie group
     ranks = np.empty(len(s))
-    ranks[order] = np.repeat(mean_rank, sizes)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2.0, sizes)
+    return ranks
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank correlation (average ranks for ties). 1.0 when neither side orders anything
+    (fewer than two values, or both constant); NaN when only one side is constant."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    flat_a, flat_b = (len(r) < 2 or bool(np.all(r == r[0])) for r in (ra, rb))
+    if flat_a and flat_b:
+        return 1.0
+    if flat_a or flat_b:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def strong_needed(weak: ArrayLike, strong: ArrayLike) -> NDArray[np.bool_]:

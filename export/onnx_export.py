@@ -86,14 +86,11 @@ class Quantization:
 
 def compare_scores(fp32: np.ndarray, int8: np.ndarray, apgr_fp32: float, apgr_int8: float,
                    min_spearman: float) -> Quantization:
-    def ranks(x: np.ndarray) -> np.ndarray:
-        r = np.empty(len(x))
-        r[np.argsort(x, kind="stable")] = np.arange(len(x))
-        return r
+    from export.metrics import spearman
 
-    rho = float(np.corrcoef(ranks(fp32), ranks(int8))[0, 1]) if len(fp32) > 1 else 1.0
     return Quantization(n=len(fp32), max_abs_diff_score=float(np.max(np.abs(fp32 - int8))) if len(fp32) else 0.0,
-                        spearman=rho, apgr_fp32=apgr_fp32, apgr_int8=apgr_int8, min_spearman=min_spearman)
+                        spearman=spearman(fp32, int8), apgr_fp32=apgr_fp32, apgr_int8=apgr_int8,
+                        min_spearman=min_spearman)
 
 
 @dataclass(frozen=True)

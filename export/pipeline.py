@@ -311,13 +311,13 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         del runtime
 
         quantization = None
+        metadata["precision"] = opts.precision  # the runtime reads it: quantized models score prompt by prompt
         if opts.precision == "int8":
             from export.onnx_export import compare_scores, quantize_int8
 
             log(">> [4/5] int8: dynamic quantization of model.onnx (onnxruntime), "
                 + ("re-embedding the kNN index with it, " if knn else "") + "checking its scores against fp32")
             quantize_int8(stage / "model.onnx")
-            metadata["precision"] = "int8"  # the runtime reads it: quantized models score prompt by prompt
             _write_json(stage / "metadata.json", metadata)
             if knn:
                 _write_head(stage, ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads)),
@@ -333,7 +333,6 @@ def run(opts: ExportOptions) -> dict[str, Any]:
                 raise RuntimeError(f"int8 model ranks prompts unlike fp32 (Spearman {quantization.spearman:.3f} < "
                                    f"{INT8_MIN_SPEARMAN}): export with --precision fp32")
             scores = int8_scores
-        metadata["precision"] = opts.precision
 
         # Calibration served with the version: the validation prompts' served scores, sorted.
         np.save(stage / CALIBRATION_FILE, np.sort(scores.astype(np.float32)))

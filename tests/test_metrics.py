@@ -106,3 +106,14 @@ def test_threshold_for_share() -> None:
     assert m.threshold_for_share(scores, 0.5) == 0.4  # score >= 0.4 selects 2 of 4
     assert m.threshold_for_share(scores, 1.0) == 0.1
     assert m.threshold_for_share(scores, 0.0) > 0.9
+
+
+def test_average_ranks_and_spearman_with_ties() -> None:
+    assert m.average_ranks([0.3, 0.1, 0.3, 0.2]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert m.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert m.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties share ranks: [1, 2.5, 2.5, 4] against [1, 2, 3, 4] -> r = 4.5 / sqrt(4.5 * 5)
+    assert m.spearman([0, 1, 1, 2], [0, 1, 2, 3]) == pytest.approx(4.5 / np.sqrt(4.5 * 5.0))
+    assert m.spearman([0.5], [0.7]) == 1.0
+    assert m.spearman([0.4, 0.4, 0.4], [0.6, 0.6, 0.6]) == 1.0  # neither side orders anything: they agree
+    assert math.isnan(m.spearman([0.4, 0.4, 0.4], [0.1, 0.2, 0.3]))
