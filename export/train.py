@@ -1,5 +1,6 @@
-"""Fine-tune the base encoder (all-MiniLM-L6-v2) as a 2-class sequence classifier:
-label 1 = the strong model is needed. Plain PyTorch loop, sized for a small CPU box."""
+"""Fine-tune the base encoder (all-MiniLM-L6-v2): as a 2-class sequence classifier (label 1 = the
+strong model is needed), or as a mean-pooled 3-class router head (weak better / tie / strong
+better, the ensemble head's classifier branch). Plain PyTorch loop, sized for a small CPU box."""
 from __future__ import annotations
 
 import math
@@ -93,7 +94,7 @@ def _collate(encoded: dict[str, list[list[int]]], index: Sequence[int], pad_id: 
 def _freeze(model: Any, layers: int) -> None:
     if layers <= 0:
         return
-    base = getattr(model, model.base_model_prefix)
+    base = getattr(model, model.base_model_prefix, model)  # a classifier's encoder, or a bare encoder
     for param in base.embeddings.parameters():
         param.requires_grad = False
     for layer in base.encoder.layer[:layers]:
@@ -104,24 +105,71 @@ def _freeze(model: Any, layers: int) -> None:
 def train_classifier(
     tokenizer: Any, model: Any, data: RoutingSet, opts: TrainOptions, log: Log = print
 ) -> list[dict[str, float]]:
-    """Fine-tunes ``model`` in place (left in eval mode); returns the per-epoch history."""
+    """Fine-tunes the 2-class ``model`` in place (left in eval mode); returns the per-epoch history."""
+    import torch
+
+    labels = torch.tensor(data.labels, dtype=torch.long)
+    return _fit(tokenizer, model, [model], data.prompts, lambda batch, index: model(**batch, labels=labels[index]).loss,
+                opts, log)
+
+
+# ce3 classes: the strong model's score minus the weak one's, as a class (0 weak better, 1 tie, 2 strong better)
+CE3_CLASSES = ("weak_better", "tie", "strong_better")
+
+
+def ce3_classes(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    return (np.sign(np.asarray(strong, dtype=np.float64) - np.asarray(weak, dtype=np.float64)) + 1).astype(np.int64)
+
+
+def new_ce3_head(hidden_size: int, seed: int) -> Any:
+    """The classifier branch's head: dropout + linear over the mean-pooled encoder output -> 3 logits."""
+    import torch
+
+    seed_everything(seed)
+    return torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(hidden_size, len(CE3_CLASSES)))
+
+
+def train_ce3(tokenizer: Any, encoder: Any, head: Any, prompts: Sequence[str], classes: np.ndarray,
+              opts: TrainOptions, log: Log = print) -> list[dict[str, float]]:
+    """Fine-tunes ``encoder`` + ``head`` in place with cross-entropy on the 3 classes; the score is
+    P(strong better) - P(weak better), what APGR rewards (a 3-class objective beat soft-label and
+    binary BCE in the fine-tuning study: docs/router-quality.md)."""
+    import torch
+
+    target = torch.tensor(classes, dtype=torch.long)
+
+    def loss(batch: dict[str, Any], index: list[int]) -> Any:
+        pooled = _mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+        return torch.nn.functional.cross_entropy(head(pooled), target[index])
+
+    return _fit(tokenizer, encoder, [encoder, head], prompts, loss, opts, log)
+
+
+def _mean_pool(hidden: Any, mask: Any) -> Any:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def _fit(tokenizer: Any, encoder: Any, modules: list[Any], prompts: Sequence[str], loss_of: Callable[..., Any],
+         opts: TrainOptions, log: Log) -> list[dict[str, float]]:
+    """AdamW, linear warm-up then decay, length-grouped shuffled batches; ``loss_of(batch, index)``
+    is the batch's mean loss. Modules are left in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
     torch.set_num_threads(max(1, opts.threads))
     seed_everything(opts.seed)
-    _freeze(model, opts.freeze_layers)
-    encoded = tokenizer(data.prompts, truncation=True, max_length=opts.max_length)
+    _freeze(encoder, opts.freeze_layers)
+    encoded = tokenizer(list(prompts), truncation=True, max_length=opts.max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    labels = torch.tensor(data.labels, dtype=torch.long)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr
     )
-    steps_per_epoch = math.ceil(len(data) / opts.batch_size)
+    steps_per_epoch = math.ceil(len(prompts) / opts.batch_size)
     total = max(1, steps_per_epoch * opts.epochs)
     warmup = int(total * opts.warmup_ratio)
 
@@ -133,25 +181,27 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = random.Random(opts.seed)
     history: list[dict[str, float]] = []
-    model.train()
+    for m in modules:
+        m.train()
     for epoch in range(1, opts.epochs + 1):
         started, running, seen = time.monotonic(), 0.0, 0
         bar = tqdm(length_grouped_batches(lengths, opts.batch_size, rng), desc=f"epoch {epoch}/{opts.epochs}",
                    unit="batch", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0)
         for index in bar:
-            out = model(**_collate(encoded, index, tokenizer.pad_token_id), labels=labels[index])
-            out.loss.backward()
+            loss = loss_of(_collate(encoded, index, tokenizer.pad_token_id), index)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += out.loss.item() * len(index)
+            running += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}", refresh=False)
         bar.close()
         history.append({"epoch": epoch, "loss": running / seen, "seconds": round(time.monotonic() - started, 1)})
         log(f">> epoch {epoch}: mean loss {running / seen:.4f} ({history[-1]['seconds']:.0f} s)")
-    model.eval()
+    for m in modules:
+        m.eval()
     return history
 
 
@@ -188,9 +238,5 @@ def predict_embeddings(encoder: Any, tokenizer: Any, prompts: Sequence[str], max
                        batch_size: int = 64) -> np.ndarray:
     """PyTorch mean-pooled (attention-masked) last hidden states [n, dim], order preserved."""
 
-    def pooled(batch: dict[str, Any]) -> Any:
-        hidden = encoder(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-    return _predict_batched(tokenizer, prompts, max_length, encoder.config.hidden_size, batch_size, pooled)
+    return _predict_batched(tokenizer, prompts, max_length, encoder.config.hidden_size, batch_size,
+                            lambda batch: _mean_pool(encoder(**batch).last_hidden_state.float(), batch["attention_mask"]))

@@ -17,7 +17,9 @@ Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
 encoder (``last_hidden_state``) whose mean-pooled, L2-normalised embedding feeds numpy heads
 stored in ``head.npz``: a nearest-neighbour vote over the training prompts' embeddings (soft
-labels), optionally blended with a linear head. One encoder pass per batch.
+labels). The ensemble export adds a second output to the same graph, a fine-tuned copy of the
+encoder (``ft_last_hidden_state``, sharing the frozen lower layers), whose pooled embedding feeds
+a 3-class linear head; the two scores are blended by rank. One onnxruntime run per batch.
 
 Serving needs only numpy, ``tokenizers`` and onnxruntime (no torch, no transformers).
 ``ClassifierRuntime`` is the same preprocessing + inference outside Triton (evaluation, tests).
@@ -99,8 +101,11 @@ class ClassifierRuntime:
         self.providers = self._providers(settings, ort.get_available_providers())
         self.session = ort.InferenceSession(str(self.version_dir / MODEL_FILE), options, providers=self.providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.output_name = self.session.get_outputs()[0].name
         self.head = EmbeddingHead.load(self.version_dir, self.metadata)
+        # An embedding head reads every output (the ensemble graph has two encoder branches, whose
+        # hidden states are concatenated along the feature axis); a classifier only its logits.
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = outputs if self.head is not None else outputs[:1]
         # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
         # prompt's score would depend on what Triton batched it with: quantized models run each
         # prompt alone (no padding either), keeping scores batch-independent.
@@ -139,11 +144,14 @@ class ClassifierRuntime:
             masks = [np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in parts]
             return np.concatenate(outs), np.concatenate(masks)
         feeds = self.encode(texts)
-        return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32), feeds["attention_mask"]
+        outs = self.session.run(self.output_names, feeds)
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
+        return np.asarray(out, dtype=np.float32), feeds["attention_mask"]
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Classifier logits [n, 2] (text-classification export) or, for an embedding head, the
-        pooled sentence embeddings [n, dim] (what the parity check compares with PyTorch)."""
+        pooled sentence embeddings [n, dim] (both branches side by side for the ensemble; what the
+        parity check compares with PyTorch)."""
         if len(texts) == 0:
             return np.zeros((0, 2 if self.head is None else self.head.dim), dtype=np.float32)
         out, mask = self.model_output(texts)
@@ -181,19 +189,24 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingHead:
-    """Scores from a sentence embedding, pure numpy.
+    """Scores from sentence embeddings, pure numpy.
 
     ``knn``: a nearest-neighbour vote over the training prompts' embeddings (cosine similarity):
     the ``k`` most similar prompts vote with their labels in [0, 1]; weights are flat for the
     nearest and ramp linearly down to 0 as a neighbour's similarity nears the (k+1)-th's (over the
     last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
     embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
-    ``linear`` (optional): ``sigmoid(embedding . w + b)``.
-    The score is ``knn_weight * knn + (1 - knn_weight) * linear`` (a convex blend: stays in [0, 1]).
+
+    Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
+    classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
+    clf_b)``, and the score is ``knn_weight * rank(knn) + (1 - knn_weight) * rank(classifier)``,
+    where rank is the position among reference scores (``knn_ref``, ``clf_ref``: each branch's
+    sorted scores of a reference set), interpolated so the score stays continuous and in [0, 1].
     """
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
-                 knn_weight: float = 1.0, linear_w: np.ndarray | None = None, linear_b: float = 0.0):
+                 knn_weight: float = 1.0, clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None,
+                 knn_ref: np.ndarray | None = None, clf_ref: np.ndarray | None = None):
         self.embeddings = l2_normalize(embeddings)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
@@ -201,12 +214,17 @@ class EmbeddingHead:
         self.k = int(max(1, min(k, len(self.labels))))
         self.ramp = float(ramp)
         self.knn_weight = float(knn_weight)
-        self.linear_w = None if linear_w is None else np.asarray(linear_w, dtype=np.float32).reshape(-1)
-        self.linear_b = float(linear_b)
+        self.clf_w = None if clf_w is None else np.asarray(clf_w, dtype=np.float64)
+        self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
+        if self.clf_w is not None and self.clf_w.shape != (3, self.embeddings.shape[1]):
+            raise ValueError(f"head: clf_w must be [3, {self.embeddings.shape[1]}], not {self.clf_w.shape}")
+        self.knn_ref = None if knn_ref is None else np.sort(np.asarray(knn_ref, dtype=np.float64).reshape(-1))
+        self.clf_ref = None if clf_ref is None else np.sort(np.asarray(clf_ref, dtype=np.float64).reshape(-1))
 
     @property
     def dim(self) -> int:
-        return int(self.embeddings.shape[1])
+        """Width of the pooled input: the base embedding, twice that for the ensemble."""
+        return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
 
     @classmethod
     def load(cls, version_dir: Path, metadata: dict[str, Any]) -> "EmbeddingHead | None":
@@ -214,9 +232,9 @@ class EmbeddingHead:
         if spec.get("type") != "embedding":
             return None
         with np.load(version_dir / HEAD_FILE) as npz:
-            linear_w = npz["linear_w"] if "linear_w" in npz.files else None
+            extra = {name: npz[name] for name in ("clf_w", "clf_b", "knn_ref", "clf_ref") if name in npz.files}
             return cls(npz["embeddings"], npz["labels"], int(spec["k"]), float(spec.get("ramp", 0.25)),
-                       float(spec.get("knn_weight", 1.0)), linear_w, float(spec.get("linear_b", 0.0)))
+                       float(spec.get("knn_weight", 1.0)), **extra)
 
     def knn(self, emb: np.ndarray) -> np.ndarray:
         sims = emb @ self.embeddings.T  # cosine similarities [n, train]
@@ -236,16 +254,44 @@ class EmbeddingHead:
         mean = np.where(total > 0, (w * labels).sum(axis=1) / np.maximum(total, 1e-30), labels.mean(axis=1))
         return mean.astype(np.float64)
 
+    def classifier(self, pooled_ft: np.ndarray) -> np.ndarray:
+        """The classifier branch: P(strong better) - P(weak better), in [-1, 1]."""
+        assert self.clf_w is not None and self.clf_b is not None
+        z = np.asarray(pooled_ft, dtype=np.float64) @ self.clf_w.T + self.clf_b
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        return p[:, 2] - p[:, 0]
+
+    def components(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(kNN score, classifier score or None) per row of the pooled input."""
+        d = int(self.embeddings.shape[1])
+        knn = self.knn(l2_normalize(pooled[:, :d]))
+        return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
+
     def score_embeddings(self, pooled: np.ndarray) -> np.ndarray:
-        emb = l2_normalize(pooled)
-        score = self.knn(emb)
-        if self.linear_w is not None and self.knn_weight < 1.0:
-            z = emb.astype(np.float64) @ self.linear_w.astype(np.float64) + self.linear_b
-            score = self.knn_weight * score + (1.0 - self.knn_weight) / (1.0 + np.exp(-z))
+        knn, clf = self.components(np.asarray(pooled, dtype=np.float32))
+        if clf is None:
+            return np.clip(knn, 0.0, 1.0).astype(np.float32)
+        if self.knn_ref is None or self.clf_ref is None:
+            raise RuntimeError("ensemble head without reference scores (knn_ref, clf_ref in head.npz)")
+        score = self.knn_weight * rank_in(self.knn_ref, knn) + (1.0 - self.knn_weight) * rank_in(self.clf_ref, clf)
         return np.clip(score, 0.0, 1.0).astype(np.float32)
 
     def score(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.score_embeddings(mean_pool(hidden, mask))
+
+
+def rank_in(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where ``values`` fall among the sorted ``reference`` scores, in [0, 1]: piecewise linear
+    through (reference[i], (i + 0.5) / n), so ties in the reference share their average rank and
+    nearby values get nearby ranks (no steps for the parity check to trip on)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    n = len(ref)
+    if n == 0:
+        raise ValueError("empty reference")
+    unique, first, counts = np.unique(ref, return_index=True, return_counts=True)
+    mid = (first + (counts - 1) / 2.0 + 0.5) / n  # average rank of each distinct reference value
+    return np.interp(np.asarray(values, dtype=np.float64), unique, mid)  # flat beyond the ends
 
 
 class Calibration:
