@@ -94,3 +94,40 @@ def strip_choices(prompt: str) -> str:
     if i >= 0 and prompt.rstrip().endswith("Answer:") and all(x in prompt[i:] for x in ("\nB.", "\nC.", "\nD.")):
         return prompt[:i].strip()
     return prompt
+
+
+# Chat-style rewrites for the generalization check: free-form requests around an MMLU question,
+# none of them seen in training (which has only the MMLU prompts and their question-only copies).
+CHAT_TEMPLATES = (
+    "Hey, quick question: {q} Can you explain your reasoning?",
+    "I'm studying for an exam and got stuck on this one. {q} The options are {options}. Which is it, and why?",
+    "{q}\n\nPlease answer in two or three sentences.",
+    "Could you help me understand the following? {q}",
+    "Explain like I'm new to the subject: {q}",
+    "My teacher asked: \"{q}\" I narrowed it down to {options}. What do you think?",
+)
+
+
+def split_choices(prompt: str) -> tuple[str, list[str]]:
+    """(question, [option texts]) of an MMLU-style prompt; (prompt, []) without the scaffolding."""
+    question = strip_choices(prompt)
+    if question == prompt:
+        return prompt, []
+    tail = prompt[prompt.rfind("\nA."):].strip()
+    options = []
+    for line in tail.splitlines():
+        if len(line) > 2 and line[0] in "ABCD" and line[1] == ".":
+            options.append(line[2:].strip())
+    return question, options
+
+
+def chat_rewrite(prompt: str, key: str) -> str:
+    """``prompt`` as a free-form chat request: one of CHAT_TEMPLATES, picked by a hash of ``key``
+    (deterministic across runs), around the question, with the options inlined where the template
+    names them."""
+    question, options = split_choices(prompt)
+    template = CHAT_TEMPLATES[int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % len(CHAT_TEMPLATES)]
+    if "{options}" in template and not options:
+        template = CHAT_TEMPLATES[0]
+    listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else "".join(options)
+    return template.format(q=question, options=listed)

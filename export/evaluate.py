@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from export import metrics, repository
-from export.data import MODELS_FILE, load_models, load_routing_set, strip_choices
+from export.data import MODELS_FILE, chat_rewrite, load_models, load_routing_set, strip_choices
 
 BATCH = 64
+REWRITES = ("none", "question-only", "chat")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class EvaluateOptions:
     plot: Path | None
     models_json: Path | None
     threads: int
-    question_only: bool = False
+    rewrite: str = "none"  # none | question-only | chat: generalization checks (the labels stay the prompt's)
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
@@ -48,11 +49,14 @@ def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
     p.add_argument("--plot", type=Path, help="PNG path (default: next to --scores, .png)")
     p.add_argument("--models-json", type=Path, help=f"weak/strong names (default: {MODELS_FILE} next to --data)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = as served)")
-    p.add_argument("--question-only", action="store_true",
-                   help="generalization check: strip MMLU's 'A. … D. … Answer:' scaffolding before scoring")
+    p.add_argument("--rewrite", choices=REWRITES, default="none",
+                   help="generalization check, scoring each prompt rewritten: question-only strips MMLU's "
+                        "'A. … D. … Answer:' scaffolding; chat puts the question (and, for some templates, the "
+                        "options inline) into a free-form chat request unlike anything in training")
+    p.add_argument("--question-only", action="store_true", help="same as --rewrite question-only")
     a = p.parse_args(argv)
     return EvaluateOptions(a.data, a.scores, a.model_repository, a.model_name, a.version, a.plot, a.models_json, a.threads,
-                           a.question_only)
+                           "question-only" if a.question_only else a.rewrite)
 
 
 def load_served_module(version_dir: Path) -> ModuleType:
@@ -125,8 +129,10 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     models = load_models(opts.models_json or opts.data.parent / MODELS_FILE)
     data = load_routing_set(opts.data, models)
     ids, prompts = data.ids, data.prompts  # only the prompt goes to the model
-    if opts.question_only:
+    if opts.rewrite == "question-only":
         prompts = [strip_choices(p) for p in prompts]
+    elif opts.rewrite == "chat":
+        prompts = [chat_rewrite(p, i) for p, i in zip(prompts, ids)]
     print(f">> scoring {len(prompts)} prompts of {opts.data} with {version_dir}", flush=True)
     runtime = load_runtime(version_dir, opts.threads)
     started = time.monotonic()
@@ -145,7 +151,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     plot = opts.plot or opts.scores.with_suffix(".png")
     apgr_text = f", APGR {router['apgr']:.3f}" if router["apgr"] is not None else ""
     plot_curves(plot, data.weak, data.strong, scores,
-                f"{opts.data.name}{' (question only)' if opts.question_only else ''} "
+                f"{opts.data.name}{'' if opts.rewrite == 'none' else f' (rewrite: {opts.rewrite})'} "
                 f"(version {version_dir.name}{apgr_text})\nweak {models.weak} / strong {models.strong}",
                 baseline=np.asarray([len(p) for p in prompts], dtype=np.float64))
     print(f">> wrote {opts.scores} and {plot} ({seconds:.1f} s, {len(prompts) / max(seconds, 1e-9):.0f} prompts/s)",
@@ -156,7 +162,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
 
     return {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
             "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
-            "question_only": opts.question_only}
+            "rewrite": opts.rewrite}
 
 
 def main(argv: list[str] | None = None) -> int:

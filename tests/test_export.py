@@ -211,6 +211,19 @@ def test_evaluate_scores_every_prompt_and_plots(exported: SimpleNamespace, tmp_p
     png = scores.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The chat-rewrite generalization check scores the rewritten prompts (other scores, same labels).
+    chat = tmp_path / "out" / "chat.jsonl"
+    proc = run_module("export.evaluate", "--data", str(data), "--scores", str(chat), "--model-repository",
+                      str(exported.repo), "--version", "1", "--models-json", str(exported.data / "models.json"),
+                      "--rewrite", "chat")
+    assert proc.returncode == 0
+    chat_result = last_json(proc.stdout)
+    assert chat_result["rewrite"] == "chat" and result["rewrite"] == "none" and chat_result["n"] == len(ids)
+    chat_scores = [json.loads(line)["score"] for line in chat.read_text().splitlines()]
+    assert chat_scores != [r["score"] for r in rows]
+    # the length baseline measures the rewritten prompts, which are longer or shorter than the originals
+    assert chat_result["prompt_length"] != result["prompt_length"]
+
 
 def _prompts(exported: SimpleNamespace, n: int = 32) -> list[str]:
     lines = (exported.data / "mmlu-val.jsonl").read_text(encoding="utf-8").splitlines()
@@ -444,6 +457,22 @@ def test_export_rejects_unknown_model_names(tmp_path: Path) -> None:
                       "--models-json", str(data / "models.json"), "--model-repository", str(repo), "--epochs", "1")
     assert proc.returncode == 1 and "nonexistent" in proc.stderr
     assert repository.list_versions(repo / MODEL_NAME, complete_only=False) == []
+
+
+def test_chat_rewrite_is_free_form_and_deterministic() -> None:
+    from export.data import CHAT_TEMPLATES, chat_rewrite, split_choices
+
+    prompt = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    assert split_choices(prompt) == ("Which is a prime?", ["4", "6", "7", "9"])
+    assert split_choices("Write a haiku.") == ("Write a haiku.", [])
+    rewrites = {chat_rewrite(prompt, f"id-{i}") for i in range(60)}
+    assert len(rewrites) == len(CHAT_TEMPLATES)  # every template gets used
+    for text in rewrites:
+        assert "Which is a prime?" in text and "Answer:" not in text and "\nA." not in text
+    assert any("4, 6, 7 or 9" in text for text in rewrites)  # options inlined where a template names them
+    assert chat_rewrite(prompt, "id-7") == chat_rewrite(prompt, "id-7")
+    # no options to inline: a template that needs them falls back to one that does not
+    assert all("{options}" not in chat_rewrite("Write a haiku.", f"id-{i}") for i in range(60))
 
 
 def test_strip_choices() -> None:
