@@ -129,16 +129,14 @@ def merge_encoders(base: Path, tuned: Path, out: Path, tuned_output: str = "ft_l
             - len(extra_initializers)}
 
 
-def quantize_int8(model: Path) -> None:
-    """Replace ``model`` (an fp32 ONNX file) by its int8 dynamic-quantized version: int8 weights,
-    activations quantized per batch at run time. On CPU it halves the encoder's latency and
-    quarters the file; routing quality is checked against the fp32 scores by the caller."""
+def quantize_int8(model: Path, out: Path) -> None:
+    """Write ``out``: the int8 dynamic-quantized version of ``model`` (an fp32 ONNX file): int8
+    weights, activations quantized per run. On CPU it halves the encoder's latency and quarters
+    the file; routing quality is checked against the fp32 scores by the caller."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = model.with_name(model.stem + ".int8.onnx")
     # DefaultTensorType: float for tensors shape inference leaves untyped (the merged ensemble graph)
-    quantize_dynamic(model, tmp, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
-    tmp.replace(model)
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
 
 
 @dataclass(frozen=True)

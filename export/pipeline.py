@@ -68,7 +68,7 @@ class ExportOptions:
     knn_ramp: float = 0.25
     knn_label: str = "gap"
     augment: str = "question-only"
-    precision: str = "int8"  # int8: dynamic-quantized encoder (CPU serving); fp32: as exported
+    precision: str = "int8"  # int8: + a dynamic-quantized copy, served on CPU; fp32: the fp32 model only
 
     @property
     def model_dir(self) -> Path:
@@ -112,8 +112,9 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--knn-label", choices=("gap", "binary"), default=ExportOptions.knn_label,
                    help="neighbour label: gap = (strong - weak + 1) / 2, binary = strong beats weak")
     p.add_argument("--precision", choices=("int8", "fp32"), default=ExportOptions.precision,
-                   help="int8 (default): serve the dynamic-quantized encoder (about 2x faster on CPU, 1/4 the size; "
-                        "the export checks its scores against fp32's); fp32: the encoder as exported")
+                   help="int8 (default): add a dynamic-quantized copy of the model (model.int8.onnx, with its own "
+                        "kNN index and calibration), served on CPU: about 2x faster, 1/4 the size, its scores checked "
+                        "against fp32's; GPUs keep serving the fp32 model.onnx. fp32: the fp32 model only")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {ENSEMBLE_LR} for ensemble, {defaults.lr} "
                    "otherwise)")
@@ -224,10 +225,11 @@ class ClassifierBranch:
 
 
 def _write_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarray, width: int, opts: ExportOptions,
-                branch: ClassifierBranch | None) -> None:
-    """head.npz: the index prompts' normalized embeddings through ``runtime`` (the served code path),
-    their labels and, for the ensemble, the classifier branch and both branches' reference scores."""
-    from export.triton_classifier_model import HEAD_FILE, EmbeddingHead
+                branch: ClassifierBranch | None) -> str:
+    """head.npz (head.int8.npz for the int8 model): the index prompts' normalized embeddings through
+    ``runtime`` (the served code path), their labels and, for the ensemble, the classifier branch
+    and both branches' reference scores. Returns the file name."""
+    from export.triton_classifier_model import HEAD_FILE, EmbeddingHead, variant_file
 
     emb = _embed_served(runtime, prompts, width)
     emb = (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float16)
@@ -237,13 +239,15 @@ def _write_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarra
         knn_ref, clf_ref = head.components(branch.val_pooled)
         arrays |= {"clf_w": branch.weight.astype(np.float32), "clf_b": branch.bias.astype(np.float32),
                    "knn_ref": np.sort(knn_ref), "clf_ref": np.sort(clf_ref)}
-    np.savez(stage / HEAD_FILE, **arrays)
+    name = variant_file(HEAD_FILE, runtime.precision)
+    np.savez(stage / name, **arrays)
+    return name
 
 
-def _served_scores(stage: Path, threads: int, prompts: list[str], batch: int = 64) -> np.ndarray:
-    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
+    from export.triton_classifier_model import ClassifierRuntime
 
-    runtime = ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=threads))
+    runtime = ClassifierRuntime(stage, settings)
     return np.concatenate([runtime.score(prompts[i : i + batch]) for i in range(0, len(prompts), batch)])
 
 
@@ -253,7 +257,9 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         ce3_classes, load_base, load_encoder, new_ce3_head, predict_embeddings, predict_logits, seed_everything,
         token_lengths, train_ce3, train_classifier,
     )
-    from export.triton_classifier_model import HEAD_FILE, CALIBRATION_FILE, Calibration, ClassifierRuntime, RuntimeSettings
+    from export.triton_classifier_model import (
+        CALIBRATION_FILE, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings, variant_file,
+    )
 
     started = time.monotonic()
     t = opts.train_options
@@ -338,6 +344,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         metadata = _metadata(opts, models, train, val, base_model, history, tokenizer)
         _write_json(stage / "metadata.json", metadata)
 
+        fp32_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="fp32")
         branch = None
         if ensemble:
             linear = clf_head[1]
@@ -347,9 +354,8 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         if knn:
             log(f">> [3/5] embedding {len(index_prompts)} training prompts ({len(train)} + question-only copies: "
                 f"{opts.augment}) through the exported model (served code path)")
-            _write_head(stage, ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads)),
-                        index_prompts, index_labels, width, opts, branch)
-            files.append(HEAD_FILE)
+            encoder_only = ClassifierRuntime(stage, fp32_settings, with_head=False)
+            files.append(_write_head(stage, encoder_only, index_prompts, index_labels, width, opts, branch))
             metadata["head"] = {
                 "type": "embedding", "pooling": "mean", "normalize": True,
                 "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if ensemble else 1.0,
@@ -378,7 +384,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
             _write_json(stage / "metadata.json", metadata)
 
         log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(val)} val prompts")
-        runtime = ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads))
+        runtime = ClassifierRuntime(stage, fp32_settings)
         parity, scores = parity_check(runtime, tokenizer, torch_out, val.prompts, t.max_length, PARITY_TOLERANCE)
         log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, "
             f"{'embeddings' if knn else 'logits'} {parity.max_abs_diff_logit:.2e}, "
@@ -388,46 +394,57 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         del runtime
 
         quantization = None
-        metadata["precision"] = opts.precision  # the runtime reads it: quantized models score prompt by prompt
+        served = {"fp32": scores}  # validation scores per precision
         if opts.precision == "int8":
             from export.onnx_export import compare_scores, quantize_int8
 
-            log(">> [4/5] int8: dynamic quantization of model.onnx (onnxruntime), "
-                + ("re-embedding the kNN index with it, " if knn else "") + "checking its scores against fp32")
-            quantize_int8(stage / "model.onnx")
+            log(">> [4/5] int8: dynamic quantization into model.int8.onnx (onnxruntime; model.onnx stays fp32 for "
+                "GPUs), " + ("re-embedding the kNN index with it, " if knn else "") + "checking its scores against fp32")
+            int8_model = variant_file(MODEL_FILE, "int8")
+            quantize_int8(stage / MODEL_FILE, stage / int8_model)
+            files.append(int8_model)
+            # The runtime serves int8 on CPU from here on (ClassifierRuntime.choose_precision).
+            metadata |= {"precision": "int8", "precisions": ["fp32", "int8"]}
             _write_json(stage / "metadata.json", metadata)
+            int8_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="int8")
             if knn:
-                _write_head(stage, ClassifierRuntime(stage, RuntimeSettings(device="cpu", intra_op_threads=t.threads)),
-                            index_prompts, index_labels, width, opts, branch)
-            int8_scores = _served_scores(stage, t.threads, val.prompts)
+                encoder_only = ClassifierRuntime(stage, int8_settings, with_head=False)
+                files.append(_write_head(stage, encoder_only, index_prompts, index_labels, width, opts, branch))
+            served["int8"] = _served_scores(stage, int8_settings, val.prompts)
             quantization = compare_scores(
-                scores, int8_scores, metrics.routing_metrics(scores, val.weak, val.strong).apgr,
-                metrics.routing_metrics(int8_scores, val.weak, val.strong).apgr, INT8_MIN_SPEARMAN)
+                scores, served["int8"], metrics.routing_metrics(scores, val.weak, val.strong).apgr,
+                metrics.routing_metrics(served["int8"], val.weak, val.strong).apgr, INT8_MIN_SPEARMAN)
             log(f">> int8 vs fp32 on {len(val)} val prompts: Spearman {quantization.spearman:.4f}, max abs score "
                 f"diff {quantization.max_abs_diff_score:.3f}, APGR {quantization.apgr_int8:.4f} (fp32 "
-                f"{quantization.apgr_fp32:.4f}); model.onnx now {(stage / 'model.onnx').stat().st_size / 1e6:.1f} MB")
+                f"{quantization.apgr_fp32:.4f}); {int8_model} {(stage / int8_model).stat().st_size / 1e6:.1f} MB")
             if not quantization.ok:
                 raise RuntimeError(f"int8 model ranks prompts unlike fp32 (Spearman {quantization.spearman:.3f} < "
                                    f"{INT8_MIN_SPEARMAN}): export with --precision fp32")
-            scores = int8_scores
 
-        # Calibration served with the version: the validation prompts' served scores, sorted.
-        np.save(stage / CALIBRATION_FILE, np.sort(scores.astype(np.float32)))
-        files.append(CALIBRATION_FILE)
-        calibration = Calibration(np.load(stage / CALIBRATION_FILE))
+        # Calibrations served with the version, one per precision: the validation prompts' served
+        # scores, sorted. "router" metrics and thresholds are the CPU default's (int8 when exported).
+        thresholds = {}
+        for precision, values in served.items():
+            name = variant_file(CALIBRATION_FILE, precision)
+            np.save(stage / name, np.sort(values.astype(np.float32)))
+            files.append(name)
+            calibration = Calibration(np.load(stage / name))
+            # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
+            thresholds[precision] = {f"{s:.0%}": round(calibration.threshold_for_share(s), 6)
+                                     for s in SHARES_FOR_THRESHOLDS}
+        scores = served[metadata["precision"]]
         router = metrics.routing_metrics(scores, val.weak, val.strong)
         rand = metrics.random_metrics(val.weak, val.strong)
         metadata["validation"] = {
-            "router": router.as_dict(), "random": rand.as_dict(), "parity": asdict(parity),
-            # parity is fp32 ONNX vs PyTorch; the served scores above come from the int8 model when quantized
+            "precision": metadata["precision"], "router": router.as_dict(), "random": rand.as_dict(),
+            "fp32": metrics.routing_metrics(served["fp32"], val.weak, val.strong).as_dict(),
+            "parity": asdict(parity),  # fp32 ONNX vs PyTorch
             "int8_vs_fp32": None if quantization is None else asdict(quantization),
-            # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
-            "score_threshold_for_strong_share": {
-                f"{s:.0%}": round(calibration.threshold_for_share(s), 6) for s in SHARES_FOR_THRESHOLDS
-            },
+            "score_threshold_for_strong_share": thresholds[metadata["precision"]],
+            "score_threshold_for_strong_share_by_precision": thresholds,
         }
-        metadata["calibration"] = {"file": CALIBRATION_FILE, "set": "validation prompts", "n": len(scores),
-                                   "path": str(opts.val)}
+        metadata["calibration"] = {"files": {p: variant_file(CALIBRATION_FILE, p) for p in served},
+                                   "set": "validation prompts", "n": len(scores), "path": str(opts.val)}
         metadata["export_seconds"] = round(time.monotonic() - started, 1)
         _write_json(stage / "metadata.json", metadata)
 
@@ -480,6 +497,9 @@ def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: Ro
             "limit_val": opts.limit_val,
         },
         "hyperparameters": {**asdict(t), "head": opts.head},
+        # served on CPU / models in the version; the int8 step adds its model (ClassifierRuntime.choose_precision)
+        "precision": "fp32",
+        "precisions": ["fp32"],
         "training_history": history,
         "software": _versions(),
     }

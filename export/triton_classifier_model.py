@@ -29,6 +29,8 @@ Settings (config.pbtxt ``parameters``, overridden by environment variables):
   CPU), ``cpu`` or ``cuda``.
 - ``intra_op_threads`` / ROUTER_CLASSIFIER_THREADS: onnxruntime intra-op threads, 0 = auto
   (half the visible cores, at most 4: the box also runs Triton itself and the LLMs).
+- ``precision`` / ROUTER_CLASSIFIER_PRECISION: ``auto`` (the int8 model on CPU when the version has
+  one, fp32 on a GPU), ``fp32`` or ``int8``.
 
 numpy: Triton <= 2.51's stub needs numpy < 2 (see ``initialize``); outputs are plain owned
 C-contiguous float32 arrays either way. (``pb_utils.Tensor.from_dlpack`` on a numpy array, which
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,11 +61,23 @@ CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 OUTPUTS = ("score", "strong_share", "calibration")
 
 
+PRECISIONS = ("auto", "fp32", "int8")
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     device: str = "auto"  # auto | cpu | cuda
     intra_op_threads: int = 0  # 0 = auto
     device_id: int = 0
+    precision: str = "auto"  # auto | fp32 | int8 (see ClassifierRuntime.choose_precision)
+
+
+def variant_file(name: str, precision: str) -> str:
+    """A version's file for ``precision``: ``model.onnx`` (fp32) -> ``model.int8.onnx`` (int8)."""
+    if precision == "fp32":
+        return name
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.{precision}.{ext}"
 
 
 def _auto_threads() -> int:
@@ -74,7 +88,10 @@ def _auto_threads() -> int:
 class ClassifierRuntime:
     """Tokenizer + onnxruntime session of one exported version directory."""
 
-    def __init__(self, version_dir: str | os.PathLike[str], settings: RuntimeSettings = RuntimeSettings()):
+    def __init__(self, version_dir: str | os.PathLike[str], settings: RuntimeSettings = RuntimeSettings(),
+                 with_head: bool = True):
+        """``with_head=False``: the encoder alone, before its head exists (the export embeds the kNN
+        index with it)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -99,9 +116,12 @@ class ClassifierRuntime:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.providers = self._providers(settings, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(self.version_dir / MODEL_FILE), options, providers=self.providers)
+        on_gpu = "CUDAExecutionProvider" in str(self.providers[0])
+        self.precision = self.choose_precision(settings.precision, self.metadata, on_gpu)
+        model_file = self.version_dir / variant_file(MODEL_FILE, self.precision)
+        self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.head = EmbeddingHead.load(self.version_dir, self.metadata)
+        self.head = EmbeddingHead.load(self.version_dir, self.metadata, self.precision) if with_head else None
         # An embedding head reads every output (the ensemble graph has two encoder branches, whose
         # hidden states are concatenated along the feature axis); a classifier only its logits.
         outputs = [o.name for o in self.session.get_outputs()]
@@ -109,9 +129,29 @@ class ClassifierRuntime:
         # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
         # prompt's score would depend on what Triton batched it with: quantized models run each
         # prompt alone (no padding either), keeping scores batch-independent.
-        self.per_prompt = self.metadata.get("precision") == "int8"
-        calibration = self.version_dir / CALIBRATION_FILE
-        self.calibration_scores = Calibration(np.load(calibration)) if calibration.is_file() else None
+        self.per_prompt = self.precision == "int8" or (  # an older version's single, quantized model
+            "precisions" not in self.metadata and self.metadata.get("precision") == "int8")
+        self.calibration_path = self.version_dir / variant_file(CALIBRATION_FILE, self.precision)
+        self.calibration_scores = Calibration(np.load(self.calibration_path)) if self.calibration_path.is_file() else None
+
+    @staticmethod
+    def choose_precision(requested: str, metadata: dict[str, Any], on_gpu: bool) -> str:
+        """Which of the version's models to serve. A version holds the fp32 graph and, exported with
+        ``--precision int8``, a dynamic-quantized copy (with its own kNN index and calibration).
+        ``auto``: int8 on CPU, where it is about 2x faster; fp32 on a GPU, where onnxruntime has no
+        CUDA kernels for the quantized operators (they would run on the CPU) and batches are cheap.
+        Versions made before both were kept hold one model, used whatever is asked."""
+        requested = requested.lower()
+        if requested not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
+        available = metadata.get("precisions")
+        if available is None:  # older layout: model.onnx is whatever metadata.precision says
+            return "fp32"
+        if requested == "auto":
+            return "int8" if "int8" in available and not on_gpu else "fp32"
+        if requested not in available:
+            raise ValueError(f"this version has no {requested} model (it has {available})")
+        return requested
 
     @staticmethod
     def _providers(settings: RuntimeSettings, available: Sequence[str]) -> list[Any]:
@@ -167,12 +207,12 @@ class ClassifierRuntime:
 
     def strong_share(self, scores: np.ndarray) -> np.ndarray:
         if self.calibration_scores is None:
-            raise RuntimeError(f"{self.version_dir} has no {CALIBRATION_FILE}")
+            raise RuntimeError(f"{self.version_dir} has no {self.calibration_path.name}")
         return self.calibration_scores.strong_share(scores)
 
     def calibration(self) -> np.ndarray:
         if self.calibration_scores is None:
-            raise RuntimeError(f"{self.version_dir} has no {CALIBRATION_FILE}")
+            raise RuntimeError(f"{self.version_dir} has no {self.calibration_path.name}")
         return self.calibration_scores.thresholds()
 
 
@@ -227,11 +267,12 @@ class EmbeddingHead:
         return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
 
     @classmethod
-    def load(cls, version_dir: Path, metadata: dict[str, Any]) -> "EmbeddingHead | None":
+    def load(cls, version_dir: Path, metadata: dict[str, Any], precision: str = "fp32") -> "EmbeddingHead | None":
         spec = metadata.get("head") or {}
         if spec.get("type") != "embedding":
             return None
-        with np.load(version_dir / HEAD_FILE) as npz:
+        # each precision's encoder embeds its own kNN index
+        with np.load(version_dir / variant_file(HEAD_FILE, precision)) as npz:
             extra = {name: npz[name] for name in ("clf_w", "clf_b", "knn_ref", "clf_ref") if name in npz.files}
             return cls(npz["embeddings"], npz["labels"], int(spec["k"]), float(spec.get("ramp", 0.25)),
                        float(spec.get("knn_weight", 1.0)), **extra)
@@ -354,7 +395,8 @@ def settings_from_config(model_config: dict[str, Any], environ: dict[str, str] |
     params = {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
     device = env.get("ROUTER_CLASSIFIER_DEVICE") or params.get("device") or "auto"
     threads = env.get("ROUTER_CLASSIFIER_THREADS") or params.get("intra_op_threads") or "0"
-    return RuntimeSettings(device=device, intra_op_threads=int(threads))
+    precision = env.get("ROUTER_CLASSIFIER_PRECISION") or params.get("precision") or "auto"
+    return RuntimeSettings(device=device, intra_op_threads=int(threads), precision=precision)
 
 
 class TritonPythonModel:
@@ -364,7 +406,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         settings = settings_from_config(model_config)
         if args.get("model_instance_kind") == "GPU":
-            settings = RuntimeSettings(settings.device, settings.intra_op_threads, int(args["model_instance_device_id"]))
+            settings = replace(settings, device_id=int(args["model_instance_device_id"]))
         self.runtime = ClassifierRuntime(Path(__file__).resolve().parent, settings)
         if int(np.__version__.split(".")[0]) >= 2:
             # Triton <= 2.51's stub is built with pybind11 < 2.12, which misreads numpy 2's dtype
@@ -373,7 +415,7 @@ class TritonPythonModel:
             print("router_classifier: WARNING numpy >= 2 in the python-backend environment: "
                   "Triton <= 2.51 needs numpy < 2 (string inputs and outputs break)", flush=True)
         print(f"router_classifier: loaded {self.runtime.version_dir} providers={self.runtime.session.get_providers()} "
-              f"max_length={self.runtime.max_length}", flush=True)
+              f"precision={self.runtime.precision} max_length={self.runtime.max_length}", flush=True)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         texts: list[str] = []

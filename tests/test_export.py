@@ -80,7 +80,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     version = exported.model_dir / "1"
-    assert VERSION_FILES <= {p.name for p in version.iterdir()}
+    assert VERSION_FILES | {"model.int8.onnx", "head.int8.npz", "calibration.int8.npy"} <= {p.name for p in version.iterdir()}
     assert (version / "model.py").read_bytes() == TEMPLATE.read_bytes()
     assert not [p for p in exported.model_dir.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
@@ -91,33 +91,43 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert hyper["epochs"] == 1 and hyper["head"] == "ensemble" and hyper["freeze_layers"] == 3
     assert meta["task"] == "feature-extraction" and meta["head"]["type"] == "embedding"
     assert meta["head"]["knn_weight"] == 0.5 and meta["head"]["classifier"]["objective"] == "ce3"
-    with np.load(version / "head.npz") as head:
-        n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
-        assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only"
-        assert head["embeddings"].shape == (n_index, 384) and head["labels"].shape == (n_index,)
-        assert np.all((head["labels"] >= 0) & (head["labels"] <= 1))
-        assert head["clf_w"].shape == (3, 384) and head["clf_b"].shape == (3,)
-        for ref in ("knn_ref", "clf_ref"):  # each branch's scores of the 128 val prompts, sorted
-            assert head[ref].shape == (128,) and np.all(np.diff(head[ref]) >= 0)
-        assert np.all((head["clf_ref"] >= -1) & (head["clf_ref"] <= 1))
+    n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
+    assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only"
+    indexes = {}
+    for name in ("head.npz", "head.int8.npz"):  # each precision's encoder embeds its own index
+        with np.load(version / name) as head:
+            assert head["embeddings"].shape == (n_index, 384) and head["labels"].shape == (n_index,)
+            assert np.all((head["labels"] >= 0) & (head["labels"] <= 1))
+            assert head["clf_w"].shape == (3, 384) and head["clf_b"].shape == (3,)
+            for ref in ("knn_ref", "clf_ref"):  # each branch's scores of the 128 val prompts, sorted
+                assert head[ref].shape == (128,) and np.all(np.diff(head[ref]) >= 0)
+            assert np.all((head["clf_ref"] >= -1) & (head["clf_ref"] <= 1))
+            indexes[name] = head["embeddings"].astype(np.float32)
+    cos = (indexes["head.npz"] * indexes["head.int8.npz"]).sum(1)
+    assert 0.8 < cos.min() and np.any(cos < 0.9999)  # close, but re-embedded by the int8 model
     # One graph, two encoder branches; the 3 frozen layers (and embeddings) are computed once.
-    graph = onnx.load(str(version / "model.onnx")).graph
+    graph = onnx.load(str(version / "model.int8.onnx")).graph
     assert [o.name for o in graph.output] == ["last_hidden_state", "ft_last_hidden_state"]
     layers = {n.name.split("/")[2] for n in graph.node if n.name.startswith("/encoder/layer.")}
     assert layers == {f"layer.{i}" for i in range(6)}
     tuned_layers = {n.name.split("/")[3] for n in graph.node if n.name.startswith("ft//encoder/layer.")}
     assert tuned_layers == {"layer.3", "layer.4", "layer.5"}
-    calibration = np.load(version / "calibration.npy")
-    assert calibration.shape == (128,) and np.all(np.diff(calibration) >= 0)  # the val prompts' scores, sorted
+    for name in ("calibration.npy", "calibration.int8.npy"):  # per precision: the val prompts' scores, sorted
+        calibration = np.load(version / name)
+        assert calibration.shape == (128,) and np.all(np.diff(calibration) >= 0)
     assert meta["models"] == {"weak": "mixtral-8x7b-instruct-v0.1", "strong": "gpt-4-1106-preview"}
     train_file = exported.data / "mmlu-train.jsonl"
     assert meta["data"]["train"]["sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
     assert meta["data"]["train"]["records_used"] == 256 and meta["data"]["val"]["records_used"] == 128
     assert meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
-    # Served precision: int8 by default, checked against the fp32 export's scores.
-    assert meta["precision"] == "int8" and meta["validation"]["int8_vs_fp32"]["spearman"] >= 0.8
-    ops = {node.op_type for node in onnx.load(str(version / "model.onnx")).graph.node}
+    # Both precisions: int8 served on CPU by default, checked against the fp32 model's scores, which
+    # GPUs serve (onnxruntime's CUDA provider has no kernels for the quantized operators).
+    assert meta["precision"] == "int8" and meta["precisions"] == ["fp32", "int8"]
+    assert meta["validation"]["int8_vs_fp32"]["spearman"] >= 0.8
+    assert set(meta["validation"]["score_threshold_for_strong_share_by_precision"]) == {"fp32", "int8"}
+    ops = {node.op_type for node in onnx.load(str(version / "model.int8.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "MatMulInteger" not in {node.op_type for node in onnx.load(str(version / "model.onnx")).graph.node}
 
     summary = exported.summary
     assert summary["version"] == 1 and summary["n"] == 128
@@ -164,7 +174,8 @@ def test_second_export_adds_a_version_and_keeps_the_first(exported: SimpleNamesp
     assert not (exported.model_dir / "2" / "head.npz").exists()
     meta = json.loads((exported.model_dir / "2" / "metadata.json").read_text())
     assert meta["task"] == "text-classification" and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
-    assert meta["precision"] == "fp32" and meta["validation"]["int8_vs_fp32"] is None
+    assert meta["precision"] == "fp32" and meta["precisions"] == ["fp32"] and meta["validation"]["int8_vs_fp32"] is None
+    assert not (exported.model_dir / "2" / "model.int8.onnx").exists()
     assert "MatMulInteger" not in {n.op_type for n in onnx.load(str(exported.model_dir / "2" / "model.onnx")).graph.node}
     assert tree_digest(exported.model_dir / "1") == before
     assert repository.latest_version(exported.model_dir) == 2
@@ -340,7 +351,8 @@ def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, m
     score = model.runtime.score
     monkeypatch.setattr(model.runtime, "score", lambda texts: calls.append(len(texts)) or score(texts))
     prompts = _prompts(exported, 8)
-    calib = np.load(vdir / "calibration.npy").astype(np.float32)
+    calib = np.load(model.runtime.calibration_path).astype(np.float32)  # the CPU-served precision's
+    assert model.runtime.precision == ("int8" if version == "1" else "fp32")
     meta = json.loads((vdir / "metadata.json").read_text())
 
     requests = [
@@ -404,6 +416,31 @@ def test_runtime_device_choice() -> None:
     config = {"parameters": {"device": {"string_value": "cpu"}, "intra_op_threads": {"string_value": "3"}}}
     assert settings_from_config(config, {}) == RuntimeSettings("cpu", 3)
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_THREADS": "1"}).intra_op_threads == 1
+    assert settings_from_config(config, {"ROUTER_CLASSIFIER_PRECISION": "fp32"}).precision == "fp32"
+
+
+def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
+    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+
+    both = {"precision": "int8", "precisions": ["fp32", "int8"]}
+    choose = ClassifierRuntime.choose_precision
+    assert choose("auto", both, on_gpu=False) == "int8" and choose("auto", both, on_gpu=True) == "fp32"
+    assert choose("FP32", both, on_gpu=False) == "fp32" and choose("int8", both, on_gpu=True) == "int8"
+    assert choose("auto", {"precision": "fp32", "precisions": ["fp32"]}, on_gpu=False) == "fp32"
+    with pytest.raises(ValueError):
+        choose("int8", {"precisions": ["fp32"]}, on_gpu=False)
+    with pytest.raises(ValueError):
+        choose("fp16", both, on_gpu=False)
+    # the real version: int8 prompt by prompt on CPU; fp32 on request, batched, same ranking
+    version = exported.model_dir / "1"
+    int8 = ClassifierRuntime(version, RuntimeSettings(device="cpu"))
+    fp32 = ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="fp32"))
+    assert (int8.precision, int8.per_prompt, fp32.precision, fp32.per_prompt) == ("int8", True, "fp32", False)
+    assert [o.name for o in int8.session.get_outputs()] == [o.name for o in fp32.session.get_outputs()]
+    prompts = _prompts(exported, 16)
+    from export.metrics import spearman
+
+    assert spearman(int8.score(prompts), fp32.score(prompts)) > 0.5
 
 
 def _made_up_routing_data(path: Path) -> Path:
