@@ -258,8 +258,9 @@ class EmbeddingHead:
         self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
         if self.clf_w is not None and self.clf_w.shape != (3, self.embeddings.shape[1]):
             raise ValueError(f"head: clf_w must be [3, {self.embeddings.shape[1]}], not {self.clf_w.shape}")
-        self.knn_ref = None if knn_ref is None else np.sort(np.asarray(knn_ref, dtype=np.float64).reshape(-1))
-        self.clf_ref = None if clf_ref is None else np.sort(np.asarray(clf_ref, dtype=np.float64).reshape(-1))
+        # rank lookup tables, built once (not per request)
+        self.knn_ranks = None if knn_ref is None else rank_table(knn_ref)
+        self.clf_ranks = None if clf_ref is None else rank_table(clf_ref)
 
     @property
     def dim(self) -> int:
@@ -313,26 +314,30 @@ class EmbeddingHead:
         knn, clf = self.components(np.asarray(pooled, dtype=np.float32))
         if clf is None:
             return np.clip(knn, 0.0, 1.0).astype(np.float32)
-        if self.knn_ref is None or self.clf_ref is None:
+        if self.knn_ranks is None or self.clf_ranks is None:
             raise RuntimeError("ensemble head without reference scores (knn_ref, clf_ref in head.npz)")
-        score = self.knn_weight * rank_in(self.knn_ref, knn) + (1.0 - self.knn_weight) * rank_in(self.clf_ref, clf)
+        score = (self.knn_weight * np.interp(knn, *self.knn_ranks)
+                 + (1.0 - self.knn_weight) * np.interp(clf, *self.clf_ranks))
         return np.clip(score, 0.0, 1.0).astype(np.float32)
 
     def score(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.score_embeddings(mean_pool(hidden, mask))
 
 
-def rank_in(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Where ``values`` fall among the sorted ``reference`` scores, in [0, 1]: piecewise linear
-    through (reference[i], (i + 0.5) / n), so ties in the reference share their average rank and
-    nearby values get nearby ranks (no steps for the parity check to trip on)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    n = len(ref)
-    if n == 0:
+def rank_table(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct reference scores, their average rank (i + 0.5) / n): the knots of ``rank_in``."""
+    ref = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
+    if len(ref) == 0:
         raise ValueError("empty reference")
     unique, first, counts = np.unique(ref, return_index=True, return_counts=True)
-    mid = (first + (counts - 1) / 2.0 + 0.5) / n  # average rank of each distinct reference value
-    return np.interp(np.asarray(values, dtype=np.float64), unique, mid)  # flat beyond the ends
+    return unique, (first + (counts - 1) / 2.0 + 0.5) / len(ref)
+
+
+def rank_in(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where ``values`` fall among the ``reference`` scores, in [0, 1]: piecewise linear through
+    (reference[i], (i + 0.5) / n) of the sorted reference, so ties share their average rank and
+    nearby values get nearby ranks (no steps for the parity check to trip on); flat beyond the ends."""
+    return np.interp(np.asarray(values, dtype=np.float64), *rank_table(reference))
 
 
 class Calibration:
