@@ -96,6 +96,14 @@ def strip_choices(prompt: str) -> str:
     return prompt
 
 
+def with_question_only(prompts: list[str]) -> tuple[list[str], np.ndarray]:
+    """``prompts`` followed by the question-only copy (``strip_choices``) of each one that has
+    MMLU's scaffolding, and for every returned prompt the index of the prompt it came from."""
+    stripped = [strip_choices(p) for p in prompts]
+    keep = [i for i, (a, b) in enumerate(zip(stripped, prompts)) if a != b]
+    return list(prompts) + [stripped[i] for i in keep], np.r_[np.arange(len(prompts)), keep].astype(np.int64)
+
+
 # Chat-style rewrites for the generalization check: free-form requests around an MMLU question,
 # none of them seen in training (which has only the MMLU prompts and their question-only copies).
 CHAT_TEMPLATES = (

@@ -146,14 +146,14 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     router = metrics.routing_metrics(scores, data.weak, data.strong).as_dict()
     rand = metrics.random_metrics(data.weak, data.strong).as_dict()
     # Baseline: longer prompts first (characters of what was scored).
-    by_length = metrics.routing_metrics(np.asarray([len(p) for p in prompts], dtype=np.float64),
-                                        data.weak, data.strong).as_dict()
+    lengths = np.asarray([len(p) for p in prompts], dtype=np.float64)
+    by_length = metrics.routing_metrics(lengths, data.weak, data.strong).as_dict()
     plot = opts.plot or opts.scores.with_suffix(".png")
     apgr_text = f", APGR {router['apgr']:.3f}" if router["apgr"] is not None else ""
     plot_curves(plot, data.weak, data.strong, scores,
                 f"{opts.data.name}{'' if opts.rewrite == 'none' else f' (rewrite: {opts.rewrite})'} "
                 f"(version {version_dir.name}{apgr_text})\nweak {models.weak} / strong {models.strong}",
-                baseline=np.asarray([len(p) for p in prompts], dtype=np.float64))
+                baseline=lengths)
     print(f">> wrote {opts.scores} and {plot} ({seconds:.1f} s, {len(prompts) / max(seconds, 1e-9):.0f} prompts/s)",
           flush=True)
     keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.getcwd())
 from export.metrics import average_ranks, routing_metrics  # noqa: E402
-from export.data import strip_choices  # noqa: E402
+from export.data import strip_choices, with_question_only  # noqa: E402
 
 T0 = time.time()
 DEADLINE = float(os.environ.get("SWEEP_SECONDS", "420"))
@@ -69,11 +69,8 @@ gap = lambda w, s: np.clip((s - w + 1) / 2, 0, 1)
 
 def with_q(idx):
     """Index prompts: fit prompts + their question-only copies (where they differ)."""
-    P = [trP[i] for i in idx]
-    L = gap(trw[idx], trs[idx])
-    Q = [strip_choices(p) for p in P]
-    keep = [j for j, (a, b) in enumerate(zip(Q, P)) if a != b]
-    return P + [Q[j] for j in keep], np.r_[L, L[keep]], np.r_[idx, idx[keep]]
+    P, rows = with_question_only([trP[i] for i in idx])
+    return P, gap(trw[idx], trs[idx])[rows], idx[rows]
 
 
 fitP, fitL, fitSrc = with_q(fit_idx)

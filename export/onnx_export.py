@@ -79,11 +79,11 @@ def merge_encoders(base: Path, tuned: Path, out: Path, tuned_output: str = "ft_l
 
     by_content = {content(t): t.name for t in ga.initializer}
     rename: dict[str, str] = {}
+    extra_initializers = []  # the tuned encoder's own weights
     for t in gb.initializer:
-        rename[t.name] = by_content.get(content(t), "ft/" + t.name)
-    extra_initializers = []
-    for t in gb.initializer:
-        if rename[t.name].startswith("ft/"):
+        shared = by_content.get(content(t))
+        rename[t.name] = shared or "ft/" + t.name
+        if shared is None:
             t.name = rename[t.name]
             extra_initializers.append(t)
     for node in gb.node:

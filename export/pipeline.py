@@ -26,7 +26,7 @@ import numpy as np
 from export import metrics, repository
 from export.data import (
     DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, load_models, load_routing_set,
-    sha256_file, strip_choices,
+    sha256_file, with_question_only,
 )
 from export.train import TrainOptions
 
@@ -254,7 +254,7 @@ def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 
 def run(opts: ExportOptions) -> dict[str, Any]:
     from export.onnx_export import copy_artifacts, export_onnx, merge_encoders, parity_check
     from export.train import (
-        ce3_classes, load_base, load_encoder, new_ce3_head, predict_embeddings, predict_logits, seed_everything,
+        CE3_CLASSES, ce3_classes, load_base, load_encoder, new_ce3_head, predict_embeddings, predict_logits, seed_everything,
         token_lengths, train_ce3, train_classifier,
     )
     from export.triton_classifier_model import (
@@ -273,12 +273,10 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
 
     # kNN index: the training prompts and, augmented, their question-only copies (same labels)
-    index_prompts, index_rows = list(train.prompts), np.arange(len(train))
     if opts.augment == "question-only":
-        stripped = [strip_choices(p) for p in train.prompts]
-        keep = [i for i, (a, b) in enumerate(zip(stripped, train.prompts)) if a != b]
-        index_prompts += [stripped[i] for i in keep]
-        index_rows = np.r_[index_rows, keep].astype(np.int64)
+        index_prompts, index_rows = with_question_only(train.prompts)
+    else:
+        index_prompts, index_rows = list(train.prompts), np.arange(len(train))
     index_labels = knn_labels(train, opts.knn_label)[index_rows]
 
     seed_everything(t.seed)  # the classification head's initialisation
@@ -372,8 +370,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
                                                      "model won."))
             if ensemble:
                 metadata["head"]["classifier"] = {
-                    "output": "ft_last_hidden_state", "objective": "ce3", "classes": ["weak_better", "tie",
-                                                                                      "strong_better"],
+                    "output": "ft_last_hidden_state", "objective": "ce3", "classes": list(CE3_CLASSES),
                     "freeze_layers": t.freeze_layers, "rank_reference": f"{len(val)} validation prompts (PyTorch)",
                     "description": "fine-tuned copy of the encoder (lower layers frozen and shared) + linear head on "
                                    "its mean-pooled output; branch score P(strong better) - P(weak better); served "

@@ -129,8 +129,7 @@ class ClassifierRuntime:
         # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
         # prompt's score would depend on what Triton batched it with: quantized models run each
         # prompt alone (no padding either), keeping scores batch-independent.
-        self.per_prompt = self.precision == "int8" or (  # an older version's single, quantized model
-            "precisions" not in self.metadata and self.metadata.get("precision") == "int8")
+        self.per_prompt = self.precision == "int8"
         self.calibration_path = self.version_dir / variant_file(CALIBRATION_FILE, self.precision)
         self.calibration_scores = Calibration(np.load(self.calibration_path)) if self.calibration_path.is_file() else None
 
@@ -140,13 +139,11 @@ class ClassifierRuntime:
         ``--precision int8``, a dynamic-quantized copy (with its own kNN index and calibration).
         ``auto``: int8 on CPU, where it is about 2x faster; fp32 on a GPU, where onnxruntime has no
         CUDA kernels for the quantized operators (they would run on the CPU) and batches are cheap.
-        Versions made before both were kept hold one model, used whatever is asked."""
+        (Older versions carry the model.py they were exported with, which reads their layout.)"""
         requested = requested.lower()
         if requested not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {requested!r}")
-        available = metadata.get("precisions")
-        if available is None:  # older layout: model.onnx is whatever metadata.precision says
-            return "fp32"
+        available = metadata.get("precisions", ["fp32"])
         if requested == "auto":
             return "int8" if "int8" in available and not on_gpu else "fp32"
         if requested not in available:
@@ -316,8 +313,8 @@ class EmbeddingHead:
             return np.clip(knn, 0.0, 1.0).astype(np.float32)
         if self.knn_ranks is None or self.clf_ranks is None:
             raise RuntimeError("ensemble head without reference scores (knn_ref, clf_ref in head.npz)")
-        score = (self.knn_weight * np.interp(knn, *self.knn_ranks)
-                 + (1.0 - self.knn_weight) * np.interp(clf, *self.clf_ranks))
+        score = (self.knn_weight * rank_in(self.knn_ranks, knn)
+                 + (1.0 - self.knn_weight) * rank_in(self.clf_ranks, clf))
         return np.clip(score, 0.0, 1.0).astype(np.float32)
 
     def score(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -325,7 +322,8 @@ class EmbeddingHead:
 
 
 def rank_table(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct reference scores, their average rank (i + 0.5) / n): the knots of ``rank_in``."""
+    """(distinct reference scores, their average rank (i + 0.5) / n in the sorted reference): the
+    knots ``rank_in`` interpolates between. Built once per head, not per request."""
     ref = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
     if len(ref) == 0:
         raise ValueError("empty reference")
@@ -333,11 +331,11 @@ def rank_table(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique, (first + (counts - 1) / 2.0 + 0.5) / len(ref)
 
 
-def rank_in(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Where ``values`` fall among the ``reference`` scores, in [0, 1]: piecewise linear through
-    (reference[i], (i + 0.5) / n) of the sorted reference, so ties share their average rank and
-    nearby values get nearby ranks (no steps for the parity check to trip on); flat beyond the ends."""
-    return np.interp(np.asarray(values, dtype=np.float64), *rank_table(reference))
+def rank_in(table: tuple[np.ndarray, np.ndarray], values: np.ndarray) -> np.ndarray:
+    """Where ``values`` fall among the reference scores of ``table`` (``rank_table``), in [0, 1]:
+    piecewise linear through the knots, so ties share their average rank and nearby values get
+    nearby ranks (no steps for the parity check to trip on); flat beyond the ends."""
+    return np.interp(np.asarray(values, dtype=np.float64), *table)
 
 
 class Calibration:

@@ -10,20 +10,20 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
-from export.triton_classifier_model import EmbeddingHead, rank_in
+from export.triton_classifier_model import EmbeddingHead, rank_in, rank_table
 
 
 def test_rank_in_interpolates_between_reference_ranks() -> None:
     ref = np.array([1.0, 2.0, 3.0, 4.0])  # ranks (i + 0.5) / 4: 0.125, 0.375, 0.625, 0.875
-    got = rank_in(ref, np.array([1.0, 2.5, 4.0, 0.0, 9.0]))
+    got = rank_in(rank_table(ref), np.array([1.0, 2.5, 4.0, 0.0, 9.0]))
     np.testing.assert_allclose(got, [0.125, 0.5, 0.875, 0.125, 0.875])  # flat beyond the ends
 
 
 def test_rank_in_gives_tied_reference_values_their_average_rank() -> None:
     ref = np.array([1.0, 1.0, 2.0])  # the two 1.0s hold ranks 0.5/3 and 1.5/3: average 1/3
-    np.testing.assert_allclose(rank_in(ref, np.array([1.0, 2.0])), [1 / 3, 2.5 / 3])
+    np.testing.assert_allclose(rank_in(rank_table(ref), np.array([1.0, 2.0])), [1 / 3, 2.5 / 3])
     with pytest.raises(ValueError):
-        rank_in(np.array([]), np.array([1.0]))
+        rank_table(np.array([]))
 
 
 def _index() -> tuple[np.ndarray, np.ndarray]:
