@@ -179,27 +179,34 @@ class Parity:
 
 def parity_check(
     runtime: Any, hf_tokenizer: Any, torch_logits: np.ndarray, prompts: list[str], max_length: int,
-    tolerance: float = 1e-4, batch_size: int = 64,
+    tolerance: float = 1e-4, batch_size: int = 64, reference: Any = None,
 ) -> tuple[Parity, np.ndarray]:
     """Run the served code path over ``prompts`` and compare with PyTorch's logits (or, for an
-    embedding head, pooled embeddings) of the same prompts. Returns the check and the served scores."""
-    from export.triton_classifier_model import probabilities
+    embedding head, pooled embeddings) of the same prompts. An embedding head runs in the graph: its
+    branch scores are compared with ``reference`` (export/onnx_head.py's numpy head) applied to the
+    PyTorch embeddings. Returns the check and the served scores."""
+    from export.triton_classifier_model import POOLED_OUTPUT, probabilities
 
-    logits = np.concatenate(
-        [runtime.logits(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-    ) if prompts else np.zeros((0, torch_logits.shape[1]), dtype=np.float32)
     hf_ids = hf_tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
     # Served ids without the batch padding, to compare with the unpadded transformers ids.
     served_ids = [[t for t, m in zip(e.ids, e.attention_mask) if m] for e in runtime.tokenizer.encode_batch(prompts)]
-    if runtime.head is None:
+    if not runtime.embedding_head:
+        logits = np.concatenate([runtime.logits(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+                                ) if prompts else np.zeros((0, torch_logits.shape[1]), dtype=np.float32)
         probs = probabilities(logits, runtime.positive_index)
         compared, torch_compared = probs, probabilities(torch_logits, runtime.positive_index)
-    else:  # the served score is the head applied to the served embedding (ClassifierRuntime.score)
-        probs = runtime.head.score_embeddings(logits)
+    else:
+        if reference is None:
+            raise ValueError("parity_check: an embedding head needs its numpy reference")
+        names = [*runtime.score_outputs, POOLED_OUTPUT]  # one run gives the branch scores and embeddings
+        runs = [runtime.run(prompts[i : i + batch_size], names) for i in range(0, len(prompts), batch_size)]
+        branches = [np.concatenate([r[j] for r in runs]) for j in range(len(names) - 1)]
+        logits = np.concatenate([r[-1] for r in runs])
+        probs = runtime.score_from(branches[0], branches[1] if len(branches) == 2 else None)
         # Compared per branch score (kNN vote, classifier): the ensemble's rank blend maps a 1e-7
         # score difference to a rank difference as steep as the reference scores are dense.
-        compared, torch_compared = (np.concatenate([c for c in runtime.head.components(x) if c is not None])
-                                    for x in (logits, torch_logits))
+        compared = np.concatenate(branches)
+        torch_compared = np.concatenate([c for c in reference.components(torch_logits) if c is not None])
     parity = Parity(
         n=len(prompts),
         max_abs_diff_prob=float(np.max(np.abs(compared - torch_compared))) if len(prompts) else 0.0,

@@ -224,24 +224,28 @@ class ClassifierBranch:
     val_pooled: np.ndarray  # [n_val, 2 * dim]: base | fine-tuned
 
 
-def _write_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarray, width: int, opts: ExportOptions,
-                branch: ClassifierBranch | None) -> str:
-    """head.npz (head.int8.npz for the int8 model): the index prompts' normalized embeddings through
-    ``runtime`` (the served code path), their labels and, for the ensemble, the classifier branch
-    and both branches' reference scores. Returns the file name."""
-    from export.triton_classifier_model import HEAD_FILE, EmbeddingHead, variant_file
+def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarray, width: int, opts: ExportOptions,
+                 branch: ClassifierBranch | None) -> tuple[Any, list[str]]:
+    """Embed the index prompts through ``runtime`` (the encoder alone, the served code path of its
+    precision), then append the head to that precision's graph (export/onnx_head.py) and, for the
+    ensemble, write both branches' rank references (head[.int8].npz). Returns the numpy reference
+    head (what the parity check compares the graph with) and the files written."""
+    from export.onnx_head import EmbeddingHead, attach_head
+    from export.triton_classifier_model import HEAD_FILE, MODEL_FILE, RankBlend, variant_file
 
     emb = _embed_served(runtime, prompts, width)
-    emb = (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float16)
-    arrays: dict[str, np.ndarray] = {"embeddings": emb, "labels": labels.astype(np.float32)}
+    head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
+                         *((branch.weight, branch.bias) if branch is not None else (None, None)))
+    files = []
     if branch is not None:
-        head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp, opts.knn_weight, branch.weight, branch.bias)
         knn_ref, clf_ref = head.components(branch.val_pooled)
-        arrays |= {"clf_w": branch.weight.astype(np.float32), "clf_b": branch.bias.astype(np.float32),
-                   "knn_ref": np.sort(knn_ref), "clf_ref": np.sort(clf_ref)}
-    name = variant_file(HEAD_FILE, runtime.precision)
-    np.savez(stage / name, **arrays)
-    return name
+        head.blend = RankBlend(opts.knn_weight, knn_ref, clf_ref)
+        name = variant_file(HEAD_FILE, runtime.precision)
+        np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
+        files.append(name)
+    model = stage / variant_file(MODEL_FILE, runtime.precision)
+    attach_head(model, model, head)
+    return head, files
 
 
 def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
@@ -258,7 +262,8 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         token_lengths, train_ce3, train_classifier,
     )
     from export.triton_classifier_model import (
-        CALIBRATION_FILE, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings, variant_file,
+        CALIBRATION_FILE, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings,
+        variant_file,
     )
 
     started = time.monotonic()
@@ -343,19 +348,31 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         _write_json(stage / "metadata.json", metadata)
 
         fp32_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="fp32")
+        int8_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="int8")
+        precisions = ["fp32", "int8"] if opts.precision == "int8" else ["fp32"]
+        if opts.precision == "int8":
+            from export.onnx_export import quantize_int8
+
+            # Quantize the encoder before a head is attached: the head's index and classifier stay fp32.
+            log(">> [3/5] int8: dynamic quantization into model.int8.onnx (onnxruntime; model.onnx stays fp32 "
+                "for GPUs)")
+            int8_model = variant_file(MODEL_FILE, "int8")
+            quantize_int8(stage / MODEL_FILE, stage / int8_model)
+            files.append(int8_model)
+            # The runtime serves int8 on CPU from here on (ClassifierRuntime.choose_precision).
+            metadata |= {"precision": "int8", "precisions": precisions}
+            _write_json(stage / "metadata.json", metadata)
         branch = None
         if ensemble:
             linear = clf_head[1]
             branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
                                       linear.bias.detach().numpy().astype(np.float64), torch_out)
         width = encoder.config.hidden_size
+        references: dict[str, Any] = {}  # per precision: the numpy head its graph must match
         if knn:
-            log(f">> [3/5] embedding {len(index_prompts)} training prompts ({len(train)} + question-only copies: "
-                f"{opts.augment}) through the exported model (served code path)")
-            encoder_only = ClassifierRuntime(stage, fp32_settings, with_head=False)
-            files.append(_write_head(stage, encoder_only, index_prompts, index_labels, width, opts, branch))
             metadata["head"] = {
-                "type": "embedding", "pooling": "mean", "normalize": True,
+                "type": "embedding", "in_graph": True, "outputs": [KNN_OUTPUT] + ([CLF_OUTPUT] if ensemble else []),
+                "pooling": "mean", "normalize": True,
                 "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if ensemble else 1.0,
                 "label": opts.knn_label, "n_train": len(train), "n_index": len(index_prompts),
                 "augment": opts.augment,
@@ -370,7 +387,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
                                                      "model won."))
             if ensemble:
                 metadata["head"]["classifier"] = {
-                    "output": "ft_last_hidden_state", "objective": "ce3", "classes": list(CE3_CLASSES),
+                    "output": CLF_OUTPUT, "objective": "ce3", "classes": list(CE3_CLASSES),
                     "freeze_layers": t.freeze_layers, "rank_reference": f"{len(val)} validation prompts (PyTorch)",
                     "description": "fine-tuned copy of the encoder (lower layers frozen and shared) + linear head on "
                                    "its mean-pooled output; branch score P(strong better) - P(weak better); served "
@@ -379,10 +396,20 @@ def run(opts: ExportOptions) -> dict[str, Any]:
                 metadata["label_definition"] += (" The ensemble serves a rank blend of that vote and a fine-tuned "
                                                  "classifier's P(strong better) - P(weak better).")
             _write_json(stage / "metadata.json", metadata)
+            for precision in precisions:
+                log(f">> [3/5] {precision}: embedding {len(index_prompts)} training prompts ({len(train)} + "
+                    f"question-only copies: {opts.augment}) through the exported encoder (served code path), then "
+                    "appending the head to its graph")
+                settings = fp32_settings if precision == "fp32" else int8_settings
+                references[precision], written = _attach_head(
+                    stage, ClassifierRuntime(stage, settings, with_head=False), index_prompts, index_labels, width, opts,
+                    branch)
+                files.extend(written)
 
         log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(val)} val prompts")
         runtime = ClassifierRuntime(stage, fp32_settings)
-        parity, scores = parity_check(runtime, tokenizer, torch_out, val.prompts, t.max_length, PARITY_TOLERANCE)
+        parity, scores = parity_check(runtime, tokenizer, torch_out, val.prompts, t.max_length, PARITY_TOLERANCE,
+                                      reference=references.get("fp32"))
         log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, "
             f"{'embeddings' if knn else 'logits'} {parity.max_abs_diff_logit:.2e}, "
             f"token ids equal: {parity.token_ids_equal} (tolerance {PARITY_TOLERANCE:g})")
@@ -393,20 +420,9 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         quantization = None
         served = {"fp32": scores}  # validation scores per precision
         if opts.precision == "int8":
-            from export.onnx_export import compare_scores, quantize_int8
+            from export.onnx_export import compare_scores
 
-            log(">> [4/5] int8: dynamic quantization into model.int8.onnx (onnxruntime; model.onnx stays fp32 for "
-                "GPUs), " + ("re-embedding the kNN index with it, " if knn else "") + "checking its scores against fp32")
-            int8_model = variant_file(MODEL_FILE, "int8")
-            quantize_int8(stage / MODEL_FILE, stage / int8_model)
-            files.append(int8_model)
-            # The runtime serves int8 on CPU from here on (ClassifierRuntime.choose_precision).
-            metadata |= {"precision": "int8", "precisions": ["fp32", "int8"]}
-            _write_json(stage / "metadata.json", metadata)
-            int8_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="int8")
-            if knn:
-                encoder_only = ClassifierRuntime(stage, int8_settings, with_head=False)
-                files.append(_write_head(stage, encoder_only, index_prompts, index_labels, width, opts, branch))
+            log(">> [4/5] int8: checking the int8 model's scores against fp32")
             served["int8"] = _served_scores(stage, int8_settings, val.prompts)
             quantization = compare_scores(
                 scores, served["int8"], metrics.routing_metrics(scores, val.weak, val.strong).apgr,

@@ -15,11 +15,13 @@ only when requested:
 
 Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier (logits; the
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
-encoder (``last_hidden_state``) whose mean-pooled, L2-normalised embedding feeds numpy heads
-stored in ``head.npz``: a nearest-neighbour vote over the training prompts' embeddings (soft
-labels). The ensemble export adds a second output to the same graph, a fine-tuned copy of the
-encoder (``ft_last_hidden_state``, sharing the frozen lower layers), whose pooled embedding feeds
-a 3-class linear head; the two scores are blended by rank. One onnxruntime run per batch.
+encoder with its head appended to the graph (export/onnx_head.py): mean pooling, then a
+nearest-neighbour vote over the training prompts' L2-normalised embeddings (soft labels), output
+``knn_score``. The ensemble export has a second encoder branch in the same graph, a fine-tuned copy
+sharing the frozen lower layers, whose pooled embedding feeds a 3-class linear head (output
+``clf_score``); here the two scores are blended by rank (``RankBlend``, references in ``head.npz``).
+One onnxruntime run per batch, and on a GPU the whole head runs there: only a few floats per
+prompt come back to the host.
 
 Serving needs only numpy, ``tokenizers`` and onnxruntime (no torch, no transformers).
 ``ClassifierRuntime`` is the same preprocessing + inference outside Triton (evaluation, tests).
@@ -59,6 +61,8 @@ CALIBRATION_FILE = "calibration.npy"
 HEAD_FILE = "head.npz"
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 OUTPUTS = ("score", "strong_share", "calibration")
+# outputs of an embedding head attached to the encoder graph (export/onnx_head.py)
+KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT = "knn_score", "clf_score", "pooled"
 
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -90,8 +94,8 @@ class ClassifierRuntime:
 
     def __init__(self, version_dir: str | os.PathLike[str], settings: RuntimeSettings = RuntimeSettings(),
                  with_head: bool = True):
-        """``with_head=False``: the encoder alone, before its head exists (the export embeds the kNN
-        index with it)."""
+        """``with_head=False``: the encoder alone, before its head is attached (the export embeds
+        the kNN index with it); ``logits`` then returns the mean-pooled hidden states."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -121,11 +125,18 @@ class ClassifierRuntime:
         model_file = self.version_dir / variant_file(MODEL_FILE, self.precision)
         self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self.head = EmbeddingHead.load(self.version_dir, self.metadata, self.precision) if with_head else None
-        # An embedding head reads every output (the ensemble graph has two encoder branches, whose
-        # hidden states are concatenated along the feature axis); a classifier only its logits.
         outputs = [o.name for o in self.session.get_outputs()]
-        self.output_names = outputs if self.head is not None else outputs[:1]
+        # An embedding head runs inside the graph (export/onnx_head.py): the graph returns the kNN
+        # vote (and the classifier branch's score); only the ensemble's rank blend runs here.
+        self.embedding_head = KNN_OUTPUT in outputs
+        if self.embedding_head:
+            self.score_outputs = [KNN_OUTPUT] + ([CLF_OUTPUT] if CLF_OUTPUT in outputs else [])
+            self.blend = RankBlend.load(self.version_dir, self.metadata, self.precision) if with_head else None
+            if len(self.score_outputs) == 2 and with_head and self.blend is None:
+                raise RuntimeError(f"{self.version_dir}: ensemble model without rank references ({HEAD_FILE})")
+        # Hidden states (the encoder alone: every output, both branches) or a classifier's logits.
+        self.hidden_outputs = outputs if (not with_head and not self.embedding_head) else outputs[:1]
+        self.with_head = with_head
         # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
         # prompt's score would depend on what Triton batched it with: quantized models run each
         # prompt alone (no padding either), keeping scores batch-independent.
@@ -171,45 +182,71 @@ class ClassifierRuntime:
         }
         return {name: value for name, value in feeds.items() if name in self.input_names}
 
+    def run(self, texts: Sequence[str], names: Sequence[str]) -> list[np.ndarray]:
+        """The named per-prompt outputs ([batch] or [batch, width]) for ``texts``: one onnxruntime
+        run, or one per prompt for the int8 model."""
+        if self.per_prompt and len(texts) > 1:
+            parts = [self.run([t], names) for t in texts]
+            return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(list(names), self.encode(texts))]
+
     def model_output(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The ONNX model's output for ``texts`` and the attention mask it was computed with."""
+        """The encoder's hidden states for ``texts`` (both branches concatenated along the feature
+        axis) and the attention mask they were computed with: the encoder-only graph."""
         if self.per_prompt and len(texts) > 1:
             parts = [self.model_output([t]) for t in texts]
             width = max(mask.shape[1] for _, mask in parts)
-            # hidden states [1, tokens, dim] pad to the longest prompt; classifier logits [1, labels] need none
-            outs = [np.pad(o, ((0, 0), (0, width - m.shape[1]), (0, 0))) if o.ndim == 3 else o for o, m in parts]
+            outs = [np.pad(o, ((0, 0), (0, width - m.shape[1]), (0, 0))) for o, m in parts]
             masks = [np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in parts]
             return np.concatenate(outs), np.concatenate(masks)
         feeds = self.encode(texts)
-        outs = self.session.run(self.output_names, feeds)
+        outs = self.session.run(self.hidden_outputs, feeds)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
         return np.asarray(out, dtype=np.float32), feeds["attention_mask"]
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Classifier logits [n, 2] (text-classification export) or, for an embedding head, the
-        pooled sentence embeddings [n, dim] (both branches side by side for the ensemble; what the
-        parity check compares with PyTorch)."""
+        """Classifier logits [n, 2] (text-classification export) or the pooled sentence embeddings
+        [n, dim] (both branches side by side for the ensemble; what the parity check compares with
+        PyTorch)."""
+        if self.embedding_head:
+            width = self.session.get_outputs()[-1].shape[-1]
+            return self.run(texts, [POOLED_OUTPUT])[0] if texts else np.zeros((0, width), dtype=np.float32)
         if len(texts) == 0:
-            return np.zeros((0, 2 if self.head is None else self.head.dim), dtype=np.float32)
-        out, mask = self.model_output(texts)
-        return out if self.head is None else mean_pool(out, mask)
+            return np.zeros((0, 2), dtype=np.float32)
+        if not self.with_head:
+            return mean_pool(*self.model_output(texts))
+        return self.run(texts, self.hidden_outputs)[0]
+
+    def components(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """An embedding head's branch scores: (kNN vote, classifier branch or None)."""
+        if not self.embedding_head:
+            raise RuntimeError("components: this version has no embedding head")
+        if len(texts) == 0:
+            return np.zeros(0, np.float32), (np.zeros(0, np.float32) if len(self.score_outputs) == 2 else None)
+        outs = self.run(texts, self.score_outputs)
+        return outs[0], (outs[1] if len(outs) == 2 else None)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """P(strong model needed) per text, float32 [len(texts)], in one onnxruntime run."""
-        if self.head is None:
+        if not self.embedding_head:
             return probabilities(self.logits(texts), self.positive_index)
-        if len(texts) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.head.score(*self.model_output(texts))
+        return self.score_from(*self.components(texts))
+
+    def score_from(self, knn: np.ndarray, clf: np.ndarray | None) -> np.ndarray:
+        """The served score from the branch scores: the kNN vote, or the ensemble's rank blend."""
+        if clf is None:
+            return np.clip(knn, 0.0, 1.0).astype(np.float32)
+        assert self.blend is not None
+        return self.blend(knn, clf)
 
     def strong_share(self, scores: np.ndarray) -> np.ndarray:
         if self.calibration_scores is None:
-            raise RuntimeError(f"{self.version_dir} has no {self.calibration_path.name}")
+            raise RuntimeError(f"no calibration in {self.version_dir}: re-export this version with `make export`")
         return self.calibration_scores.strong_share(scores)
 
     def calibration(self) -> np.ndarray:
         if self.calibration_scores is None:
-            raise RuntimeError(f"{self.version_dir} has no {self.calibration_path.name}")
+            raise RuntimeError(f"no calibration in {self.version_dir}: re-export this version with `make export`")
         return self.calibration_scores.thresholds()
 
 
@@ -225,100 +262,30 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-class EmbeddingHead:
-    """Scores from sentence embeddings, pure numpy.
+class RankBlend:
+    """The ensemble's served score: ``knn_weight * rank(kNN) + (1 - knn_weight) * rank(classifier)``,
+    each rank the position among that branch's scores of a reference set (``knn_ref``, ``clf_ref`` in
+    head.npz), interpolated so the score stays continuous and in [0, 1]. Ranks make the two scales
+    comparable without fitting a weight on labels."""
 
-    ``knn``: a nearest-neighbour vote over the training prompts' embeddings (cosine similarity):
-    the ``k`` most similar prompts vote with their labels in [0, 1]; weights are flat for the
-    nearest and ramp linearly down to 0 as a neighbour's similarity nears the (k+1)-th's (over the
-    last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
-    embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
-
-    Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
-    classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
-    clf_b)``, and the score is ``knn_weight * rank(knn) + (1 - knn_weight) * rank(classifier)``,
-    where rank is the position among reference scores (``knn_ref``, ``clf_ref``: each branch's
-    sorted scores of a reference set), interpolated so the score stays continuous and in [0, 1].
-    """
-
-    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
-                 knn_weight: float = 1.0, clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None,
-                 knn_ref: np.ndarray | None = None, clf_ref: np.ndarray | None = None):
-        self.embeddings = l2_normalize(embeddings)
-        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
-        if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
-            raise ValueError("head: embeddings and labels must be non-empty and the same length")
-        self.k = int(max(1, min(k, len(self.labels))))
-        self.ramp = float(ramp)
+    def __init__(self, knn_weight: float, knn_ref: np.ndarray, clf_ref: np.ndarray):
         self.knn_weight = float(knn_weight)
-        self.clf_w = None if clf_w is None else np.asarray(clf_w, dtype=np.float64)
-        self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
-        if self.clf_w is not None and self.clf_w.shape != (3, self.embeddings.shape[1]):
-            raise ValueError(f"head: clf_w must be [3, {self.embeddings.shape[1]}], not {self.clf_w.shape}")
         # rank lookup tables, built once (not per request)
-        self.knn_ranks = None if knn_ref is None else rank_table(knn_ref)
-        self.clf_ranks = None if clf_ref is None else rank_table(clf_ref)
-
-    @property
-    def dim(self) -> int:
-        """Width of the pooled input: the base embedding, twice that for the ensemble."""
-        return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
+        self.knn_ranks, self.clf_ranks = rank_table(knn_ref), rank_table(clf_ref)
 
     @classmethod
-    def load(cls, version_dir: Path, metadata: dict[str, Any], precision: str = "fp32") -> "EmbeddingHead | None":
-        spec = metadata.get("head") or {}
-        if spec.get("type") != "embedding":
+    def load(cls, version_dir: Path, metadata: dict[str, Any], precision: str = "fp32") -> "RankBlend | None":
+        """The version's blend (each precision has its own references), or None without a classifier branch."""
+        path = version_dir / variant_file(HEAD_FILE, precision)
+        if "classifier" not in (metadata.get("head") or {}) or not path.is_file():
             return None
-        # each precision's encoder embeds its own kNN index
-        with np.load(version_dir / variant_file(HEAD_FILE, precision)) as npz:
-            extra = {name: npz[name] for name in ("clf_w", "clf_b", "knn_ref", "clf_ref") if name in npz.files}
-            return cls(npz["embeddings"], npz["labels"], int(spec["k"]), float(spec.get("ramp", 0.25)),
-                       float(spec.get("knn_weight", 1.0)), **extra)
+        with np.load(path) as npz:
+            return cls(float(metadata["head"].get("knn_weight", 0.5)), npz["knn_ref"], npz["clf_ref"])
 
-    def knn(self, emb: np.ndarray) -> np.ndarray:
-        sims = emb @ self.embeddings.T  # cosine similarities [n, train]
-        k, n = self.k, sims.shape[1]
-        top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
-        s = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")
-        top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
-        labels = self.labels[top[:, :k]]
-        if s.shape[1] > k:
-            floor = s[:, k : k + 1]  # the (k+1)-th similarity: weight 0 there
-            width = np.maximum(self.ramp * (s[:, :1] - floor), 1e-9)
-            w = np.clip((s[:, :k] - floor) / width, 0.0, 1.0)
-        else:  # fewer training prompts than k + 1: plain mean
-            w = np.ones_like(s[:, :k])
-        total = w.sum(axis=1)
-        mean = np.where(total > 0, (w * labels).sum(axis=1) / np.maximum(total, 1e-30), labels.mean(axis=1))
-        return mean.astype(np.float64)
-
-    def classifier(self, pooled_ft: np.ndarray) -> np.ndarray:
-        """The classifier branch: P(strong better) - P(weak better), in [-1, 1]."""
-        assert self.clf_w is not None and self.clf_b is not None
-        z = np.asarray(pooled_ft, dtype=np.float64) @ self.clf_w.T + self.clf_b
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
-        return p[:, 2] - p[:, 0]
-
-    def components(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(kNN score, classifier score or None) per row of the pooled input."""
-        d = int(self.embeddings.shape[1])
-        knn = self.knn(l2_normalize(pooled[:, :d]))
-        return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
-
-    def score_embeddings(self, pooled: np.ndarray) -> np.ndarray:
-        knn, clf = self.components(np.asarray(pooled, dtype=np.float32))
-        if clf is None:
-            return np.clip(knn, 0.0, 1.0).astype(np.float32)
-        if self.knn_ranks is None or self.clf_ranks is None:
-            raise RuntimeError("ensemble head without reference scores (knn_ref, clf_ref in head.npz)")
+    def __call__(self, knn: np.ndarray, clf: np.ndarray) -> np.ndarray:
         score = (self.knn_weight * rank_in(self.knn_ranks, knn)
                  + (1.0 - self.knn_weight) * rank_in(self.clf_ranks, clf))
         return np.clip(score, 0.0, 1.0).astype(np.float32)
-
-    def score(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.score_embeddings(mean_pool(hidden, mask))
 
 
 def rank_table(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

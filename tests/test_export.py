@@ -84,7 +84,7 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert (version / "model.py").read_bytes() == TEMPLATE.read_bytes()
     assert not [p for p in exported.model_dir.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
-    assert (version / "head.npz").is_file()  # kNN index (training embeddings + labels) + classifier branch
+    assert (version / "head.npz").is_file()  # the rank references of both branches
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["max_length"] == 64
     hyper = meta["hyperparameters"]
@@ -93,21 +93,27 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert meta["head"]["knn_weight"] == 0.5 and meta["head"]["classifier"]["objective"] == "ce3"
     n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
     assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only"
-    indexes = {}
-    for name in ("head.npz", "head.int8.npz"):  # each precision's encoder embeds its own index
+    for name in ("head.npz", "head.int8.npz"):  # per precision: each branch's scores of the 128 val prompts, sorted
         with np.load(version / name) as head:
-            assert head["embeddings"].shape == (n_index, 384) and head["labels"].shape == (n_index,)
-            assert np.all((head["labels"] >= 0) & (head["labels"] <= 1))
-            assert head["clf_w"].shape == (3, 384) and head["clf_b"].shape == (3,)
-            for ref in ("knn_ref", "clf_ref"):  # each branch's scores of the 128 val prompts, sorted
+            assert set(head.files) == {"knn_ref", "clf_ref"}
+            for ref in ("knn_ref", "clf_ref"):
                 assert head[ref].shape == (128,) and np.all(np.diff(head[ref]) >= 0)
             assert np.all((head["clf_ref"] >= -1) & (head["clf_ref"] <= 1))
-            indexes[name] = head["embeddings"].astype(np.float32)
-    cos = (indexes["head.npz"] * indexes["head.int8.npz"]).sum(1)
+    # The head is part of each graph: index (fp32, embedded by that precision's encoder), labels, classifier.
+    indexes = {}
+    for name in ("model.onnx", "model.int8.onnx"):
+        model = onnx.load(str(version / name))
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("head/")}
+        assert weights["head/index_t"].shape == (384, n_index) and weights["head/index_t"].dtype == np.float32
+        assert weights["head/labels"].shape == (n_index,) and np.all((weights["head/labels"] >= 0)
+                                                                      & (weights["head/labels"] <= 1))
+        assert weights["head/clf_w_t"].shape == (384, 3) and weights["head/clf_b"].shape == (3,)
+        assert [o.name for o in model.graph.output] == ["knn_score", "clf_score", "pooled"]
+        indexes[name] = weights["head/index_t"]
+    cos = (indexes["model.onnx"] * indexes["model.int8.onnx"]).sum(0)
     assert 0.8 < cos.min() and np.any(cos < 0.9999)  # close, but re-embedded by the int8 model
     # One graph, two encoder branches; the 3 frozen layers (and embeddings) are computed once.
     graph = onnx.load(str(version / "model.int8.onnx")).graph
-    assert [o.name for o in graph.output] == ["last_hidden_state", "ft_last_hidden_state"]
     layers = {n.name.split("/")[2] for n in graph.node if n.name.startswith("/encoder/layer.")}
     assert layers == {f"layer.{i}" for i in range(6)}
     tuned_layers = {n.name.split("/")[3] for n in graph.node if n.name.startswith("ft//encoder/layer.")}
@@ -192,9 +198,8 @@ def test_knn_head_alone_exports_one_encoder(exported: SimpleNamespace) -> None:
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["hyperparameters"]["epochs"] == 0 and meta["head"]["knn_weight"] == 1.0
     assert "classifier" not in meta["head"] and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
-    assert [o.name for o in onnx.load(str(version / "model.onnx")).graph.output] == ["last_hidden_state"]
-    with np.load(version / "head.npz") as head:
-        assert set(head.files) == {"embeddings", "labels"}
+    assert [o.name for o in onnx.load(str(version / "model.onnx")).graph.output] == ["knn_score", "pooled"]
+    assert not (version / "head.npz").exists()  # no blend: the graph's kNN vote is the score
 
 
 def _small_val(exported: SimpleNamespace, tmp_path: Path, n: int = 96) -> Path:
@@ -258,10 +263,10 @@ def test_batch_scores_equal_one_by_one(exported: SimpleNamespace) -> None:
     # Each branch's score is batch-independent to float32 rounding (sums over differently padded
     # rows round differently, ~1e-7); the rank blend multiplies such differences by the slope of
     # the reference ranks, steep with this test's 128 reference prompts.
-    pooled = runtime.logits(prompts)
-    pooled_single = np.concatenate([runtime.logits([p]) for p in prompts])
-    for part, part_single in zip(runtime.head.components(pooled), runtime.head.components(pooled_single)):
-        assert np.max(np.abs(part - part_single)) <= 1e-5
+    singles = [runtime.components([p]) for p in prompts]
+    for i, part in enumerate(runtime.components(prompts)):
+        assert part is not None
+        assert np.max(np.abs(part - np.concatenate([s[i] for s in singles]))) <= 1e-5
     assert np.max(np.abs(batch - single)) <= 1e-4
 
 

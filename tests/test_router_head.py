@@ -1,4 +1,5 @@
-"""The served scoring head (numpy) and the ONNX merge behind the ensemble, on small hand-made cases."""
+"""The scoring head (numpy reference and the ONNX graph it is served as) and the ONNX merge behind
+the ensemble, on small hand-made cases."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
-from export.triton_classifier_model import EmbeddingHead, rank_in, rank_table
+from export.onnx_head import EmbeddingHead, attach_head
+from export.triton_classifier_model import RankBlend, rank_in, rank_table
 
 
 def test_rank_in_interpolates_between_reference_ranks() -> None:
@@ -46,7 +48,7 @@ def test_ensemble_blends_branch_ranks() -> None:
     # classifier logits = the fine-tuned embedding itself: class 0 weak better, 1 tie, 2 strong better
     clf_w, clf_b = np.eye(3), np.zeros(3)
     knn_ref, clf_ref = np.array([0.0, 0.5, 1.0]), np.array([-0.5, 0.0, 0.5])
-    head = EmbeddingHead(emb, labels, k=1, knn_weight=0.25, clf_w=clf_w, clf_b=clf_b, knn_ref=knn_ref, clf_ref=clf_ref)
+    head = EmbeddingHead(emb, labels, k=1, clf_w=clf_w, clf_b=clf_b, blend=RankBlend(0.25, knn_ref, clf_ref))
     assert head.dim == 6
     tuned = np.array([[0.0, 0.0, 0.0], [np.log(3.0), 0.0, 0.0]])  # P = 1/3 each; P = (3/5, 1/5, 1/5)
     pooled = np.hstack([np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), tuned]).astype(np.float32)
@@ -63,7 +65,7 @@ def test_ensemble_head_rejects_a_misshaped_classifier_and_needs_references() -> 
     emb, labels = _index()
     with pytest.raises(ValueError):
         EmbeddingHead(emb, labels, k=1, clf_w=np.zeros((2, 3)), clf_b=np.zeros(2))
-    head = EmbeddingHead(emb, labels, k=1, knn_weight=0.5, clf_w=np.eye(3), clf_b=np.zeros(3))
+    head = EmbeddingHead(emb, labels, k=1, clf_w=np.eye(3), clf_b=np.zeros(3))
     with pytest.raises(RuntimeError):
         head.score_embeddings(np.ones((1, 6), dtype=np.float32))
 
@@ -109,3 +111,70 @@ def test_merge_encoders_keeps_unfrozen_layers_apart(tmp_path: Path) -> None:
     y, y_tuned = ort.InferenceSession(str(tmp_path / "merged.onnx")).run(None, {"x": x})
     np.testing.assert_allclose(y_tuned, np.maximum(x @ w1_tuned, 0) @ w2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y, np.maximum(x @ w1, 0) @ w2, rtol=1e-5, atol=1e-6)
+
+
+def _token_encoder(path: Path, tables: dict[str, np.ndarray]) -> None:
+    """input_ids -> Gather(table) per output: a stand-in encoder whose hidden states are token vectors."""
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"])
+              for n in ("input_ids", "attention_mask")]
+    nodes = [helper.make_node("Gather", [f"{name}/table", "input_ids"], [name], name=name) for name in tables]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", "sequence_length", t.shape[1]])
+               for name, t in tables.items()]
+    graph = helper.make_graph(nodes, "encoder", inputs, outputs,
+                              [numpy_helper.from_array(t, f"{name}/table") for name, t in tables.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def _mean_pool(table: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    h = table[ids] * mask[:, :, None]
+    return h.sum(axis=1) / mask.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n_index, k", [(60, 7), (5, 9)])  # the ramped vote; fewer index rows than k + 1
+def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int, k: int) -> None:
+    rng = np.random.default_rng(n_index)
+    dim, vocab = 8, 30
+    base, tuned = (rng.normal(size=(vocab, dim)).astype(np.float32) for _ in range(2))
+    _token_encoder(tmp_path / "enc.onnx", {"last_hidden_state": base, "ft_last_hidden_state": tuned})
+    index = rng.normal(size=(n_index, dim)).astype(np.float32)
+    labels = rng.choice([0.0, 0.5, 1.0], size=n_index).astype(np.float32)
+    clf_w, clf_b = rng.normal(size=(3, dim)), rng.normal(size=3)
+    ids = rng.integers(1, vocab, size=(6, 5))
+    mask = np.ones_like(ids)
+    mask[1, 3:] = 0  # padded rows: pooling must ignore the padding
+    mask[4, 1:] = 0
+    pooled = np.hstack([_mean_pool(base, ids, mask), _mean_pool(tuned, ids, mask)])
+    head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b)
+    knn_ref, clf_ref = head.components(rng.normal(size=(20, 2 * dim)).astype(np.float32))
+    head.blend = RankBlend(0.5, knn_ref, clf_ref)
+    attach_head(tmp_path / "enc.onnx", tmp_path / "model.onnx", head)
+
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["knn_score", "clf_score", "pooled"]
+    knn, clf, pooled_out = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    want_knn, want_clf = head.components(pooled)
+    assert want_clf is not None and knn.shape == clf.shape == (6,)
+    np.testing.assert_allclose(pooled_out, pooled, atol=1e-5)
+    np.testing.assert_allclose(knn, want_knn, atol=1e-5)
+    np.testing.assert_allclose(clf, want_clf, atol=1e-5)
+    if k + 1 <= n_index:  # a vote that depends on the prompt (with k >= n_index it is the mean of all labels)
+        assert len(np.unique(np.round(knn, 4))) > 1
+    else:
+        np.testing.assert_allclose(knn, labels.mean(), atol=1e-6)
+
+
+def test_attached_knn_head_alone_and_a_missing_branch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(10, 4)).astype(np.float32)
+    _token_encoder(tmp_path / "enc.onnx", {"last_hidden_state": base})
+    emb, labels = np.eye(4, dtype=np.float32), np.array([0.0, 0.25, 0.75, 1.0], dtype=np.float32)
+    attach_head(tmp_path / "enc.onnx", tmp_path / "knn.onnx", EmbeddingHead(emb, labels, k=1))
+    session = ort.InferenceSession(str(tmp_path / "knn.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["knn_score", "pooled"]
+    ids = np.arange(10, dtype=np.int64)[:, None]  # one token each: the prompt is that token's vector
+    knn, _ = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    # k=1 with 4 index rows: the (k+1)-th neighbour floors the ramp, so the nearest one's label wins
+    np.testing.assert_allclose(knn, labels[np.argmax(base, axis=1)], atol=1e-6)
+    with pytest.raises(ValueError, match="hidden states"):
+        attach_head(tmp_path / "enc.onnx", tmp_path / "x.onnx",
+                    EmbeddingHead(emb, labels, k=1, clf_w=np.eye(4)[:3], clf_b=np.zeros(3)))

@@ -1,0 +1,188 @@
+"""The embedding head of the router classifier: a numpy reference (``EmbeddingHead``) and the same
+computation appended to the encoder's ONNX graph (``attach_head``), which is what is served.
+
+In the graph the head runs where the encoder runs (on the GPU under onnxruntime's CUDA provider):
+the model returns one score per prompt and branch instead of [batch, tokens, 384] hidden states,
+so nothing big crosses to the host and the kNN matmul and top-k stay on the device. The numpy
+reference is what the export checks the graph against and computes the rank references with."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.triton_classifier_model import (
+    CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT, RankBlend, l2_normalize,
+)
+
+
+class EmbeddingHead:
+    """Scores from sentence embeddings, pure numpy (the reference of ``attach_head``'s graph).
+
+    ``knn``: a nearest-neighbour vote over the training prompts' embeddings (cosine similarity):
+    the ``k`` most similar prompts vote with their labels in [0, 1]; weights are flat for the
+    nearest and ramp linearly down to 0 as a neighbour's similarity nears the (k+1)-th's (over the
+    last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
+    embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
+
+    Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
+    classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
+    clf_b)``, and ``blend`` (``RankBlend``) combines the two branch scores.
+    """
+
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
+                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, blend: RankBlend | None = None):
+        self.embeddings = l2_normalize(embeddings)
+        self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
+        if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
+            raise ValueError("head: embeddings and labels must be non-empty and the same length")
+        self.k = int(max(1, min(k, len(self.labels))))
+        self.ramp = float(ramp)
+        self.clf_w = None if clf_w is None else np.asarray(clf_w, dtype=np.float64)
+        self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
+        if self.clf_w is not None and self.clf_w.shape != (3, self.embeddings.shape[1]):
+            raise ValueError(f"head: clf_w must be [3, {self.embeddings.shape[1]}], not {self.clf_w.shape}")
+        self.blend = blend
+
+    @property
+    def dim(self) -> int:
+        """Width of the pooled input: the base embedding, twice that for the ensemble."""
+        return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
+
+    def knn(self, emb: np.ndarray) -> np.ndarray:
+        sims = emb @ self.embeddings.T  # cosine similarities [n, train]
+        k, n = self.k, sims.shape[1]
+        top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
+        s = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")
+        top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
+        labels = self.labels[top[:, :k]]
+        if s.shape[1] > k:
+            floor = s[:, k : k + 1]  # the (k+1)-th similarity: weight 0 there
+            width = np.maximum(self.ramp * (s[:, :1] - floor), 1e-9)
+            w = np.clip((s[:, :k] - floor) / width, 0.0, 1.0)
+        else:  # fewer training prompts than k + 1: plain mean
+            w = np.ones_like(s[:, :k])
+        total = w.sum(axis=1)
+        mean = np.where(total > 0, (w * labels).sum(axis=1) / np.maximum(total, 1e-30), labels.mean(axis=1))
+        return mean.astype(np.float64)
+
+    def classifier(self, pooled_ft: np.ndarray) -> np.ndarray:
+        """The classifier branch: P(strong better) - P(weak better), in [-1, 1]."""
+        assert self.clf_w is not None and self.clf_b is not None
+        z = np.asarray(pooled_ft, dtype=np.float64) @ self.clf_w.T + self.clf_b
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        return p[:, 2] - p[:, 0]
+
+    def components(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(kNN score, classifier score or None) per row of the pooled input."""
+        pooled = np.asarray(pooled, dtype=np.float32)
+        d = int(self.embeddings.shape[1])
+        knn = self.knn(l2_normalize(pooled[:, :d]))
+        return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
+
+    def score_embeddings(self, pooled: np.ndarray) -> np.ndarray:
+        knn, clf = self.components(pooled)
+        if clf is None:
+            return np.clip(knn, 0.0, 1.0).astype(np.float32)
+        if self.blend is None:
+            raise RuntimeError("ensemble head without reference scores (RankBlend)")
+        return self.blend(knn, clf)
+
+
+def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
+                hidden_outputs: tuple[str, ...] = ("last_hidden_state", "ft_last_hidden_state")) -> dict[str, int]:
+    """Write ``out``: the encoder graph at ``encoder`` plus ``head`` as ONNX nodes. Outputs become
+    ``pooled`` [batch, dim] (mean-pooled embeddings, both branches side by side: what the parity
+    check compares), ``knn_score`` [batch] and, for the ensemble, ``clf_score`` [batch]; the hidden
+    states stay internal. The index is stored as a float32 initializer (fp32 even in the int8 model:
+    attach after quantizing). Returns the index size."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(encoder))
+    g = model.graph
+    names = [o.name for o in g.output]
+    branches = [n for n in hidden_outputs if n in names][: 1 if head.clf_w is None else 2]
+    if len(branches) != (1 if head.clf_w is None else 2):
+        raise ValueError(f"encoder outputs {names} lack the hidden states the head needs ({hidden_outputs})")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 18:  # ReduceMean takes its axes as an input from opset 18
+        raise ValueError(f"attach_head needs opset >= 18, the encoder has {opset}")
+
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), "head/" + name))
+        return "head/" + name
+
+    def op(op_type: str, inputs: list[str], out_name: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op_type, inputs, ["head/" + out_name], name="head/" + out_name, **attrs))
+        return "head/" + out_name
+
+    axis1, axis_last = const("axis1", np.array([1], np.int64)), const("axis_last", np.array([-1], np.int64))
+    mask = op("Unsqueeze", [op("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT), axis_last], "mask")
+    count = op("Max", [op("ReduceSum", [mask, axis1], "count_raw", keepdims=0), const("eps9", np.float32(1e-9))], "count")
+    pooled = []
+    for i, hidden in enumerate(branches):
+        summed = op("ReduceSum", [op("Mul", [hidden, mask], f"masked{i}"), axis1], f"sum{i}", keepdims=0)
+        pooled.append(op("Div", [summed, count], f"pooled{i}"))
+
+    # kNN vote over the L2-normalised base embedding
+    norm = op("Sqrt", [op("ReduceSum", [op("Mul", [pooled[0], pooled[0]], "sq"), axis_last], "sumsq", keepdims=1)],
+              "norm")
+    emb = op("Div", [pooled[0], op("Max", [norm, const("eps12", np.float32(1e-12))], "norm_clamped")], "emb")
+    sims = op("MatMul", [emb, const("index_t", np.ascontiguousarray(head.embeddings.T, dtype=np.float32))], "sims")
+    n, k = len(head.labels), head.k
+    ramped = k + 1 <= n
+    top_k = const("top_k", np.array([k + 1 if ramped else k], np.int64))
+    nodes.append(helper.make_node("TopK", [sims, top_k], ["head/top_s", "head/top_i"], name="head/topk", axis=1,
+                                  largest=1, sorted=1))
+
+    def columns(src: str, start: int, stop: int, name: str) -> str:
+        return op("Slice", [src, const(f"{name}_start", np.array([start], np.int64)),
+                            const(f"{name}_stop", np.array([stop], np.int64)), axis1], name)
+
+    labels = op("Gather", [const("labels", head.labels), columns("head/top_i", 0, k, "nearest_i")], "nearest_labels")
+    plain = op("ReduceMean", [labels, axis1], "plain_mean", keepdims=0)
+    if ramped:
+        s = columns("head/top_s", 0, k, "nearest_s")
+        floor = columns("head/top_s", k, k + 1, "floor")
+        width = op("Max", [op("Mul", [op("Sub", [columns("head/top_s", 0, 1, "first"), floor], "span"),
+                                      const("ramp", np.float32(head.ramp))], "ramp_width"),
+                           "head/eps9"], "width")
+        w = op("Clip", [op("Div", [op("Sub", [s, floor], "above_floor"), width], "w_raw"),
+                        const("zero", np.float32(0.0)), const("one", np.float32(1.0))], "w")
+        total = op("ReduceSum", [w, axis1], "total", keepdims=0)
+        voted = op("Div", [op("ReduceSum", [op("Mul", [w, labels], "wl"), axis1], "wl_sum", keepdims=0),
+                           op("Max", [total, const("eps30", np.float32(1e-30))], "total_clamped")], "voted")
+        knn = op("Where", [op("Greater", [total, "head/zero"], "has_weight"), voted, plain], "knn")
+    else:  # fewer index prompts than k + 1: plain mean (as EmbeddingHead.knn)
+        knn = plain
+    nodes.append(helper.make_node("Identity", [knn], [KNN_OUTPUT], name="head/knn_out"))
+    outputs = [helper.make_tensor_value_info(KNN_OUTPUT, TensorProto.FLOAT, ["batch_size"])]
+
+    if head.clf_w is not None:
+        assert head.clf_b is not None
+        logits = op("Add", [op("MatMul", [pooled[1], const("clf_w_t", head.clf_w.T.astype(np.float32))], "clf_z"),
+                            const("clf_b", head.clf_b.astype(np.float32))], "clf_logits")
+        probs = op("Softmax", [logits], "clf_p", axis=-1)
+        # P(strong better) - P(weak better) = p . [-1, 0, 1]
+        diff = op("MatMul", [probs, const("clf_diff", np.array([[-1.0], [0.0], [1.0]], np.float32))], "clf_diff_col")
+        nodes.append(helper.make_node("Reshape", [diff, const("flat", np.array([-1], np.int64))], [CLF_OUTPUT],
+                                      name="head/clf_out"))
+        outputs.append(helper.make_tensor_value_info(CLF_OUTPUT, TensorProto.FLOAT, ["batch_size"]))
+
+    nodes.append(helper.make_node("Concat", pooled, [POOLED_OUTPUT], name="head/pooled_out", axis=1)
+                 if len(pooled) > 1 else helper.make_node("Identity", pooled, [POOLED_OUTPUT], name="head/pooled_out"))
+    outputs.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch_size", head.dim]))
+
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.extend(outputs)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return {"index_rows": n, "k": k}
