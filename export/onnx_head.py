@@ -108,8 +108,8 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
     if len(branches) != (1 if head.clf_w is None else 2):
         raise ValueError(f"encoder outputs {names} lack the hidden states the head needs ({hidden_outputs})")
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 18:  # ReduceMean takes its axes as an input from opset 18
-        raise ValueError(f"attach_head needs opset >= 18, the encoder has {opset}")
+    if opset < 13:  # ReduceSum and Unsqueeze take their axes as inputs from opset 13
+        raise ValueError(f"attach_head needs opset >= 13, the encoder has {opset}")
 
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -146,7 +146,8 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
                             const(f"{name}_stop", np.array([stop], np.int64)), axis1], name)
 
     labels = op("Gather", [const("labels", head.labels), columns("head/top_i", 0, k, "nearest_i")], "nearest_labels")
-    plain = op("ReduceMean", [labels, axis1], "plain_mean", keepdims=0)
+    plain = op("Div", [op("ReduceSum", [labels, axis1], "label_sum", keepdims=0), const("k", np.float32(k))],
+               "plain_mean")
     if ramped:
         s = columns("head/top_s", 0, k, "nearest_s")
         floor = columns("head/top_s", k, k + 1, "floor")
