@@ -134,8 +134,9 @@ class ClassifierRuntime:
             self.blend = RankBlend.load(self.version_dir, self.metadata, self.precision) if with_head else None
             if len(self.score_outputs) == 2 and with_head and self.blend is None:
                 raise RuntimeError(f"{self.version_dir}: ensemble model without rank references ({HEAD_FILE})")
-        # Hidden states (the encoder alone: every output, both branches) or a classifier's logits.
-        self.hidden_outputs = outputs if (not with_head and not self.embedding_head) else outputs[:1]
+        # What model_output reads from a graph without an attached head: the encoder alone (every
+        # output: one hidden state per branch), or a text classifier (its logits).
+        self.hidden_outputs = outputs if not with_head else outputs[:1]
         self.with_head = with_head
         # int8 dynamic quantization scales activations per run (over the whole padded batch), so a
         # prompt's score would depend on what Triton batched it with: quantized models run each
@@ -209,7 +210,7 @@ class ClassifierRuntime:
         [n, dim] (both branches side by side for the ensemble; what the parity check compares with
         PyTorch)."""
         if self.embedding_head:
-            width = self.session.get_outputs()[-1].shape[-1]
+            width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == POOLED_OUTPUT)
             return self.run(texts, [POOLED_OUTPUT])[0] if texts else np.zeros((0, width), dtype=np.float32)
         if len(texts) == 0:
             return np.zeros((0, 2), dtype=np.float32)
