@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.triton_classifier_model import (
-    CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT, RankBlend, l2_normalize,
-)
+from export.triton_classifier_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class EmbeddingHead:
@@ -27,11 +30,12 @@ class EmbeddingHead:
 
     Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
     classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
-    clf_b)``, and ``blend`` (``RankBlend``) combines the two branch scores.
+    clf_b)``. The two branch scores are blended where they are served (``RankBlend`` in the Triton
+    model), not here.
     """
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
-                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, blend: RankBlend | None = None):
+                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None):
         self.embeddings = l2_normalize(embeddings)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
@@ -42,7 +46,6 @@ class EmbeddingHead:
         self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
         if self.clf_w is not None and self.clf_w.shape != (3, self.embeddings.shape[1]):
             raise ValueError(f"head: clf_w must be [3, {self.embeddings.shape[1]}], not {self.clf_w.shape}")
-        self.blend = blend
 
     @property
     def dim(self) -> int:
@@ -82,14 +85,6 @@ class EmbeddingHead:
         knn = self.knn(l2_normalize(pooled[:, :d]))
         return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
 
-    def score_embeddings(self, pooled: np.ndarray) -> np.ndarray:
-        knn, clf = self.components(pooled)
-        if clf is None:
-            return np.clip(knn, 0.0, 1.0).astype(np.float32)
-        if self.blend is None:
-            raise RuntimeError("ensemble head without reference scores (RankBlend)")
-        return self.blend(knn, clf)
-
 
 def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
                 hidden_outputs: tuple[str, ...] = ("last_hidden_state", "ft_last_hidden_state")) -> dict[str, int]:
@@ -124,7 +119,8 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
 
     axis1, axis_last = const("axis1", np.array([1], np.int64)), const("axis_last", np.array([-1], np.int64))
     mask = op("Unsqueeze", [op("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT), axis_last], "mask")
-    count = op("Max", [op("ReduceSum", [mask, axis1], "count_raw", keepdims=0), const("eps9", np.float32(1e-9))], "count")
+    eps9, zero = const("eps9", np.float32(1e-9)), const("zero", np.float32(0.0))
+    count = op("Max", [op("ReduceSum", [mask, axis1], "count_raw", keepdims=0), eps9], "count")
     pooled = []
     for i, hidden in enumerate(branches):
         summed = op("ReduceSum", [op("Mul", [hidden, mask], f"masked{i}"), axis1], f"sum{i}", keepdims=0)
@@ -153,13 +149,13 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
         floor = columns("head/top_s", k, k + 1, "floor")
         width = op("Max", [op("Mul", [op("Sub", [columns("head/top_s", 0, 1, "first"), floor], "span"),
                                       const("ramp", np.float32(head.ramp))], "ramp_width"),
-                           "head/eps9"], "width")
+                           eps9], "width")
         w = op("Clip", [op("Div", [op("Sub", [s, floor], "above_floor"), width], "w_raw"),
-                        const("zero", np.float32(0.0)), const("one", np.float32(1.0))], "w")
+                        zero, const("one", np.float32(1.0))], "w")
         total = op("ReduceSum", [w, axis1], "total", keepdims=0)
         voted = op("Div", [op("ReduceSum", [op("Mul", [w, labels], "wl"), axis1], "wl_sum", keepdims=0),
                            op("Max", [total, const("eps30", np.float32(1e-30))], "total_clamped")], "voted")
-        knn = op("Where", [op("Greater", [total, "head/zero"], "has_weight"), voted, plain], "knn")
+        knn = op("Where", [op("Greater", [total, zero], "has_weight"), voted, plain], "knn")
     else:  # fewer index prompts than k + 1: plain mean (as EmbeddingHead.knn)
         knn = plain
     nodes.append(helper.make_node("Identity", [knn], [KNN_OUTPUT], name="head/knn_out"))

@@ -204,13 +204,11 @@ def _embed_served(runtime: Any, prompts: list[str], width: int, batch: int = 64)
     branch is not indexed) through the staged ONNX model (the served code path), length-sorted batches."""
     from tqdm.auto import tqdm
 
-    from export.triton_classifier_model import mean_pool
-
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = np.zeros((len(prompts), width), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch), desc="embedding", unit="batch"):
         index = order[start : start + batch]
-        out[index] = mean_pool(*runtime.model_output([prompts[i] for i in index]))[:, :width]
+        out[index] = runtime.logits([prompts[i] for i in index])[:, :width]
     return out
 
 
@@ -231,7 +229,7 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
     ensemble, write both branches' rank references (head[.int8].npz). Returns the numpy reference
     head (what the parity check compares the graph with) and the files written."""
     from export.onnx_head import EmbeddingHead, attach_head
-    from export.triton_classifier_model import HEAD_FILE, MODEL_FILE, RankBlend, variant_file
+    from export.triton_classifier_model import HEAD_FILE, MODEL_FILE, variant_file
 
     emb = _embed_served(runtime, prompts, width)
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
@@ -239,7 +237,6 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
     files = []
     if branch is not None:
         knn_ref, clf_ref = head.components(branch.val_pooled)
-        head.blend = RankBlend(opts.knn_weight, knn_ref, clf_ref)
         name = variant_file(HEAD_FILE, runtime.precision)
         np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
         files.append(name)

@@ -258,11 +258,6 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 class RankBlend:
     """The ensemble's served score: ``knn_weight * rank(kNN) + (1 - knn_weight) * rank(classifier)``,
     each rank the position among that branch's scores of a reference set (``knn_ref``, ``clf_ref`` in

@@ -424,6 +424,18 @@ def test_runtime_device_choice() -> None:
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_PRECISION": "fp32"}).precision == "fp32"
 
 
+def test_ensemble_version_without_rank_references_is_refused(exported: SimpleNamespace, tmp_path: Path) -> None:
+    """The graph returns both branch scores; without head[.int8].npz there is nothing to blend them with."""
+    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+
+    version = tmp_path / "1"
+    shutil.copytree(exported.model_dir / "1", version)
+    (version / "head.int8.npz").unlink()
+    with pytest.raises(RuntimeError, match="rank references"):
+        ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="int8"))
+    assert ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="fp32")).blend is not None
+
+
 def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
     from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
 

@@ -37,7 +37,6 @@ def test_knn_head_votes_with_the_nearest_labels() -> None:
     emb, labels = _index()
     head = EmbeddingHead(emb, labels, k=1)
     pooled = np.array([[0.1, 0.0, 2.0], [3.0, 0.2, 0.0]], dtype=np.float32)  # nearest: axis 2, axis 0
-    np.testing.assert_allclose(head.score_embeddings(pooled), [1.0, 0.0])
     assert head.dim == 3
     knn, clf = head.components(pooled)
     assert clf is None and knn.tolist() == [1.0, 0.0]
@@ -48,7 +47,7 @@ def test_ensemble_blends_branch_ranks() -> None:
     # classifier logits = the fine-tuned embedding itself: class 0 weak better, 1 tie, 2 strong better
     clf_w, clf_b = np.eye(3), np.zeros(3)
     knn_ref, clf_ref = np.array([0.0, 0.5, 1.0]), np.array([-0.5, 0.0, 0.5])
-    head = EmbeddingHead(emb, labels, k=1, clf_w=clf_w, clf_b=clf_b, blend=RankBlend(0.25, knn_ref, clf_ref))
+    head = EmbeddingHead(emb, labels, k=1, clf_w=clf_w, clf_b=clf_b)
     assert head.dim == 6
     tuned = np.array([[0.0, 0.0, 0.0], [np.log(3.0), 0.0, 0.0]])  # P = 1/3 each; P = (3/5, 1/5, 1/5)
     pooled = np.hstack([np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), tuned]).astype(np.float32)
@@ -58,16 +57,13 @@ def test_ensemble_blends_branch_ranks() -> None:
     # ranks: kNN 0.5 -> 0.5, 0.0 -> 1/6; classifier 0.0 -> 0.5, and -0.4 lies a fifth of the way
     # from -0.5 (rank 1/6) to 0.0 (rank 1/2): 1/6 + (1/5)(1/3) = 7/30
     expected = [0.25 * 0.5 + 0.75 * 0.5, 0.25 / 6 + 0.75 * 7 / 30]
-    np.testing.assert_allclose(head.score_embeddings(pooled), expected, atol=1e-6)
+    np.testing.assert_allclose(RankBlend(0.25, knn_ref, clf_ref)(knn, clf), expected, atol=1e-6)
 
 
-def test_ensemble_head_rejects_a_misshaped_classifier_and_needs_references() -> None:
+def test_ensemble_head_rejects_a_misshaped_classifier() -> None:
     emb, labels = _index()
     with pytest.raises(ValueError):
         EmbeddingHead(emb, labels, k=1, clf_w=np.zeros((2, 3)), clf_b=np.zeros(2))
-    head = EmbeddingHead(emb, labels, k=1, clf_w=np.eye(3), clf_b=np.zeros(3))
-    with pytest.raises(RuntimeError):
-        head.score_embeddings(np.ones((1, 6), dtype=np.float32))
 
 
 def _mlp(path: Path, w1: np.ndarray, w2: np.ndarray) -> None:
@@ -145,8 +141,6 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
     mask[4, 1:] = 0
     pooled = np.hstack([_mean_pool(base, ids, mask), _mean_pool(tuned, ids, mask)])
     head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b)
-    knn_ref, clf_ref = head.components(rng.normal(size=(20, 2 * dim)).astype(np.float32))
-    head.blend = RankBlend(0.5, knn_ref, clf_ref)
     attach_head(tmp_path / "enc.onnx", tmp_path / "model.onnx", head)
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
