@@ -28,6 +28,11 @@ class EmbeddingHead:
     last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
     embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
 
+    ``center``: subtract the index embeddings' mean before normalising (queries and index alike).
+    MiniLM's embeddings share a common direction that inflates every cosine similarity; without it
+    the neighbours are chosen more by content (docs/router-quality.md: train-CV and mmlu-val APGR
+    both rose at every k tried).
+
     Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
     classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
     clf_b)``. The two branch scores are blended where they are served (``RankBlend`` in the Triton
@@ -35,8 +40,10 @@ class EmbeddingHead:
     """
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
-                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None):
-        self.embeddings = l2_normalize(embeddings)
+                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, center: bool = False):
+        raw = np.asarray(embeddings, dtype=np.float32)
+        self.center = raw.mean(axis=0) if center and len(raw) else None
+        self.embeddings = self.embed(raw)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
             raise ValueError("head: embeddings and labels must be non-empty and the same length")
@@ -52,7 +59,13 @@ class EmbeddingHead:
         """Width of the pooled input: the base embedding, twice that for the ensemble."""
         return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
 
+    def embed(self, pooled_base: np.ndarray) -> np.ndarray:
+        """Index-space embedding of base-encoder pooled outputs: centred (if so built), L2-normalised."""
+        x = np.asarray(pooled_base, dtype=np.float32)
+        return l2_normalize(x if self.center is None else x - self.center)
+
     def knn(self, emb: np.ndarray) -> np.ndarray:
+        """The vote for embeddings already in index space (``embed``)."""
         sims = emb @ self.embeddings.T  # cosine similarities [n, train]
         k, n = self.k, sims.shape[1]
         top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
@@ -82,7 +95,7 @@ class EmbeddingHead:
         """(kNN score, classifier score or None) per row of the pooled input."""
         pooled = np.asarray(pooled, dtype=np.float32)
         d = int(self.embeddings.shape[1])
-        knn = self.knn(l2_normalize(pooled[:, :d]))
+        knn = self.knn(self.embed(pooled[:, :d]))
         return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
 
 
@@ -126,10 +139,10 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
         summed = op("ReduceSum", [op("Mul", [hidden, mask], f"masked{i}"), axis1], f"sum{i}", keepdims=0)
         pooled.append(op("Div", [summed, count], f"pooled{i}"))
 
-    # kNN vote over the L2-normalised base embedding
-    norm = op("Sqrt", [op("ReduceSum", [op("Mul", [pooled[0], pooled[0]], "sq"), axis_last], "sumsq", keepdims=1)],
-              "norm")
-    emb = op("Div", [pooled[0], op("Max", [norm, const("eps12", np.float32(1e-12))], "norm_clamped")], "emb")
+    # kNN vote over the (centred,) L2-normalised base embedding
+    base = pooled[0] if head.center is None else op("Sub", [pooled[0], const("center", head.center)], "centered")
+    norm = op("Sqrt", [op("ReduceSum", [op("Mul", [base, base], "sq"), axis_last], "sumsq", keepdims=1)], "norm")
+    emb = op("Div", [base, op("Max", [norm, const("eps12", np.float32(1e-12))], "norm_clamped")], "emb")
     sims = op("MatMul", [emb, const("index_t", np.ascontiguousarray(head.embeddings.T, dtype=np.float32))], "sims")
     n, k = len(head.labels), head.k
     ramped = k + 1 <= n

@@ -16,10 +16,11 @@ only when requested:
 Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier (logits; the
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
 encoder with its head appended to the graph (export/onnx_head.py): mean pooling, then a
-nearest-neighbour vote over the training prompts' L2-normalised embeddings (soft labels), output
-``knn_score``. The ensemble export has a second encoder branch in the same graph, a fine-tuned copy
-sharing the frozen lower layers, whose pooled embedding feeds a 3-class linear head (output
-``clf_score``); here the two scores are blended by rank (``RankBlend``, references in ``head.npz``).
+nearest-neighbour vote over the training prompts' embeddings (centred on their mean unless exported
+with ``--knn-center none``, L2-normalised; soft labels), output ``knn_score``. The ensemble export
+has a second encoder branch in the same graph, a fine-tuned copy sharing the frozen lower layers,
+whose pooled embedding feeds a 3-class linear head (output ``clf_score``); here the two scores are
+blended by rank (``RankBlend``, references in ``head.npz``).
 One onnxruntime run per batch, and on a GPU the whole head runs there: only a few floats per
 prompt come back to the host.
 

@@ -92,7 +92,7 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert meta["task"] == "feature-extraction" and meta["head"]["type"] == "embedding"
     assert meta["head"]["knn_weight"] == 0.5 and meta["head"]["classifier"]["objective"] == "ce3"
     n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
-    assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only"
+    assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only" and meta["head"]["center"] == "mean"
     for name in ("head.npz", "head.int8.npz"):  # per precision: each branch's scores of the 128 val prompts, sorted
         with np.load(version / name) as head:
             assert set(head.files) == {"knn_ref", "clf_ref"}
@@ -108,6 +108,9 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
         assert weights["head/labels"].shape == (n_index,) and np.all((weights["head/labels"] >= 0)
                                                                       & (weights["head/labels"] <= 1))
         assert weights["head/clf_w_t"].shape == (384, 3) and weights["head/clf_b"].shape == (3,)
+        # centred on the index mean (the default --knn-center mean): the stored rows no longer share a direction
+        assert weights["head/center"].shape == (384,) and np.linalg.norm(weights["head/center"]) > 0.1
+        assert np.linalg.norm(weights["head/index_t"].mean(axis=1)) < 0.1
         assert [o.name for o in model.graph.output] == ["knn_score", "clf_score", "pooled"]
         indexes[name] = weights["head/index_t"]
     cos = (indexes["model.onnx"] * indexes["model.int8.onnx"]).sum(0)

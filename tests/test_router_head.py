@@ -42,6 +42,19 @@ def test_knn_head_votes_with_the_nearest_labels() -> None:
     assert clf is None and knn.tolist() == [1.0, 0.0]
 
 
+def test_centred_head_subtracts_the_index_mean_from_index_and_query() -> None:
+    emb = np.array([[1.0, 0.0, 10.0], [0.0, 1.0, 2.0]], dtype=np.float32)
+    labels = np.array([1.0, 0.0], dtype=np.float32)
+    query = np.array([[1.0, 0.3, 3.0]], dtype=np.float32)
+    plain, centred = EmbeddingHead(emb, labels, k=1), EmbeddingHead(emb, labels, k=1, center=True)
+    np.testing.assert_allclose(centred.center, [0.5, 0.5, 6.0])
+    # raw cosine: 31 / 10.05 for row 0 against 6.3 / 2.24 for row 1, so row 0 (label 1) is nearest;
+    # centred on (0.5, 0.5, 6) the query (0.5, -0.2, -3) points with row 1's (-0.5, 0.5, -4)
+    assert plain.components(query)[0].tolist() == [1.0]
+    assert centred.components(query)[0].tolist() == [0.0]
+    np.testing.assert_allclose(centred.embeddings, [[0.123, -0.123, 0.985], [-0.123, 0.123, -0.985]], atol=1e-3)
+
+
 def test_ensemble_blends_branch_ranks() -> None:
     emb, labels = _index()
     # classifier logits = the fine-tuned embedding itself: class 0 weak better, 1 tie, 2 strong better
@@ -126,8 +139,9 @@ def _mean_pool(table: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarr
     return h.sum(axis=1) / mask.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("n_index, k", [(60, 7), (5, 9)])  # the ramped vote; fewer index rows than k + 1
-def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int, k: int) -> None:
+@pytest.mark.parametrize("n_index, k, center", [(60, 7, False), (60, 7, True), (5, 9, True)])
+def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int, k: int, center: bool) -> None:
+    """The ramped vote, raw and centred; fewer index rows than k + 1."""
     rng = np.random.default_rng(n_index)
     dim, vocab = 8, 30
     base, tuned = (rng.normal(size=(vocab, dim)).astype(np.float32) for _ in range(2))
@@ -140,8 +154,11 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
     mask[1, 3:] = 0  # padded rows: pooling must ignore the padding
     mask[4, 1:] = 0
     pooled = np.hstack([_mean_pool(base, ids, mask), _mean_pool(tuned, ids, mask)])
-    head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b)
+    index += 2.0  # a shared offset, as real sentence embeddings have: centring changes the neighbours
+    head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b, center=center)
     attach_head(tmp_path / "enc.onnx", tmp_path / "model.onnx", head)
+    has_center = any(i.name == "head/center" for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer)
+    assert has_center == center
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     assert [o.name for o in session.get_outputs()] == ["knn_score", "clf_score", "pooled"]
