@@ -29,9 +29,9 @@ class EmbeddingHead:
     embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
 
     ``center``: subtract the index embeddings' mean before normalising (queries and index alike).
-    MiniLM's embeddings share a common direction that inflates every cosine similarity; without it
-    the neighbours are chosen more by content (docs/router-quality.md: train-CV and mmlu-val APGR
-    both rose at every k tried).
+    MiniLM's embeddings share a common direction that inflates every cosine similarity; with it
+    removed the neighbours are chosen more by content (docs/router-quality.md: train-CV and
+    mmlu-val APGR both rose at every k tried).
 
     Ensemble (``clf_w`` given): the pooled input is ``[base embedding | fine-tuned embedding]``; the
     classifier branch scores ``P(strong better) - P(weak better)`` from ``softmax(ft . clf_w.T +
