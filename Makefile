@@ -56,7 +56,7 @@ run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router
 		echo ">> no router model version in $(MODEL_REPOSITORY)/router_classifier: running make export first"; \
 		$(MAKE) export; \
 	fi
-	$(PY) -m router_service.stack --model-repository $(MODEL_REPOSITORY) --config $(CONFIG)
+	$(PY) -m local_stack.stack --model-repository $(MODEL_REPOSITORY) --config $(CONFIG)
 
 export: $(STAMP_ALL) ## Train the router model (kNN vote + fine-tuned classifier branch, ~13 min on 2 cores), export to ONNX (fp32 + int8), write a new version
 	$(PY) -m export --data-dir $(ROUTING_DATA) --model-repository $(MODEL_REPOSITORY) $(EXPORT_ARGS)

@@ -21,8 +21,8 @@ import requests
 import yaml
 
 from router_service.classifier_client import ClassifierClient
-from router_service.stack import start_router, stop_process, wait_ready
-from router_service.triton_launcher import TritonPorts, TritonServer, free_port
+from local_stack.stack import start_router, stop_process, wait_ready
+from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 from .instant_upstream import InstantUpstream
 

@@ -8,7 +8,6 @@ random routing) and plots quality against the share of strong calls (router, ran
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from export import metrics, repository
+from export.served_model import load_module
 from export.data import MODELS_FILE, chat_rewrite, load_models, load_routing_set, strip_choices
 
 BATCH = 64
@@ -62,18 +62,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateOptions:
 def load_served_module(version_dir: Path) -> ModuleType:
     """Import ``<version_dir>/model.py`` (the code Triton runs for this version)."""
     name = f"router_classifier_v{version_dir.name}_{abs(hash(str(version_dir.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, version_dir / "model.py")
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{version_dir / 'model.py'} cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses need the module registered
-    # No __pycache__ in the version directory: Triton's repository polling would see a change.
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
+    return load_module(version_dir / "model.py", name)
 
 
 def load_runtime(version_dir: Path, threads: int = 0, device: str = "cpu") -> Any:

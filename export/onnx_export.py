@@ -185,7 +185,7 @@ def parity_check(
     embedding head, pooled embeddings) of the same prompts. An embedding head runs in the graph: its
     branch scores are compared with ``reference`` (export/onnx_head.py's numpy head) applied to the
     PyTorch embeddings. Returns the check and the served scores."""
-    from export.triton_classifier_model import POOLED_OUTPUT, probabilities
+    from export.served_model import POOLED_OUTPUT, probabilities
 
     hf_ids = hf_tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
     # Served ids without the batch padding, to compare with the unpadded transformers ids.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.triton_classifier_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT
+from export.served_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from export.data import (
 from export.train import TrainOptions
 
 MODEL_NAME = "router_classifier"
-TEMPLATE = Path(__file__).with_name("triton_classifier_model.py")
+from export.served_model import SOURCE as TEMPLATE  # noqa: E402 - copied into every version
 # The committed Triton config, copied into a model repository that has none yet.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME / "config.pbtxt"
 PARITY_TOLERANCE = 1e-4
@@ -39,7 +39,6 @@ PARITY_TOLERANCE = 1e-4
 # quality is the int8 APGR reported beside fp32's. Near-tied kNN votes over a tiny test index
 # (k close to the index size) measured 0.88, full exports far higher.
 INT8_MIN_SPEARMAN = 0.8
-SHARES_FOR_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Base MiniLM sentence embeddings for the kNN head: 128 tokens cover most MMLU questions.
 KNN_MAX_LENGTH = 128
 # Ensemble classifier branch: every fine-tuning run of the study peaked after one epoch.
@@ -234,7 +233,7 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
     ensemble, write both branches' rank references (head[.int8].npz). Returns the numpy reference
     head (what the parity check compares the graph with) and the files written."""
     from export.onnx_head import EmbeddingHead, attach_head
-    from export.triton_classifier_model import HEAD_FILE, MODEL_FILE, variant_file
+    from export.served_model import HEAD_FILE, MODEL_FILE, variant_file
 
     emb = _embed_served(runtime, prompts, width)
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
@@ -252,7 +251,7 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
 
 
 def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
-    from export.triton_classifier_model import ClassifierRuntime
+    from export.served_model import ClassifierRuntime
 
     runtime = ClassifierRuntime(stage, settings)
     return np.concatenate([runtime.score(prompts[i : i + batch]) for i in range(0, len(prompts), batch)])
@@ -264,8 +263,8 @@ def run(opts: ExportOptions) -> dict[str, Any]:
         CE3_CLASSES, ce3_classes, load_base, load_encoder, new_ce3_head, predict_embeddings, predict_logits, seed_everything,
         token_lengths, train_ce3, train_classifier,
     )
-    from export.triton_classifier_model import (
-        CALIBRATION_FILE, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings,
+    from export.served_model import (
+        CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings,
         variant_file,
     )
 
@@ -449,7 +448,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
             calibration = Calibration(np.load(stage / name))
             # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
             thresholds[precision] = {f"{s:.0%}": round(calibration.threshold_for_share(s), 6)
-                                     for s in SHARES_FOR_THRESHOLDS}
+                                     for s in CALIBRATION_SHARES}
         scores = served[metadata["precision"]]
         router = metrics.routing_metrics(scores, val.weak, val.strong)
         rand = metrics.random_metrics(val.weak, val.strong)

@@ -1,27 +1,27 @@
-"""OpenAI-compatible endpoints. Data flows one way:
-request -> policy (Router.decide) -> classifier client -> target adapter (Dispatcher) -> response."""
+"""OpenAI-compatible endpoints: the HTTP layer. Data flows one way:
+request (api_models) -> decision (policy.Router, which calls the classifier) -> dispatch
+(Dispatcher: fallbacks, breakers) -> target adapter -> accounting -> response (openai_format).
+This module knows HTTP and nothing about how a target is chosen or what tokens cost."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import openai_format as fmt
-from .chat_request import (ChatRequest, CompletionRequest, Message, parse_chat_request, parse_completion_request,
-                           parse_json_body)
+from .accounting import Accounting, Receipt
+from .api_models import ChatCompletionRequest, CompletionRequest, parse_body
 from .config import RouterConfig
-from .costs import cost_usd
 from .dispatch import Dispatcher, Served
-from .errors import APIError
-from .policy import POLICY_MODEL, Decision, Router, RoutingRequest
-from .stats import Stats
-from .targets import Completion, GenerationRequest, TargetError, Usage
+from .errors import target_error
+from .generation import GenerationRequest, Usage
+from .policy import POLICY_MODEL, Decision, Router
+from .targets import TargetError
 
 bp = Blueprint("openai_api", __name__)
 
@@ -33,17 +33,11 @@ class RouterState:
     config: RouterConfig
     router: Router
     dispatcher: Dispatcher
-    stats: Stats
+    accounting: Accounting
 
 
 def state() -> RouterState:
     return current_app.extensions["router"]
-
-
-def _target_error(err: TargetError) -> APIError:
-    error_type = "invalid_request_error" if err.status < 500 and err.status != 429 else "api_error"
-    headers = {"Retry-After": str(max(1, round(err.retry_after_s)))} if err.retry_after_s is not None else None
-    return APIError(err.status, err.message, type=error_type, code=err.code, headers=headers)
 
 
 @bp.before_app_request
@@ -74,91 +68,60 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
     return headers
 
 
-def _account(st: RouterState, decision: Decision, served: Served, usage: Usage) -> float:
-    """Record the answer in the running totals; returns its cost."""
-    cost = cost_usd(st.config.target(served.target), usage)
-    baseline = None
-    if decision.policy is not None:
-        strongest = st.config.policy(decision.policy).targets[-1]
-        baseline = cost_usd(st.config.target(strongest), usage)
-    st.stats.record(served.target, decision.policy, usage, cost, baseline, fallback=served.fell_back,
-                    degraded=decision.degraded)
-    return cost
-
-
-def _route(req: ChatRequest | CompletionRequest) -> tuple[Decision, GenerationRequest]:
-    is_chat = isinstance(req, ChatRequest)
-    messages = req.messages if is_chat else (Message("user", req.prompt, {}),)
-    decision = state().router.decide(RoutingRequest(
-        model=req.model, messages=messages, overrides=req.router, max_tokens=req.max_tokens, is_chat=is_chat,
-        needs_tools=bool(req.passthrough.get("tools") or req.passthrough.get("response_format"))))
-    generation = GenerationRequest(messages=req.messages if is_chat else None, prompt=None if is_chat else req.prompt,
-                                   max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                   stop=req.stop, seed=req.seed, passthrough=req.passthrough)
-    return decision, generation
-
-
-def _serve(req: ChatRequest | CompletionRequest, render: Callable[[str, str, Completion], dict[str, Any]],
-           chunker: Callable[..., dict[str, Any]], prefix: str) -> Response:
+def _serve(req: GenerationRequest) -> Response:
     st = state()
-    decision, generation = _route(req)
+    decision = st.router.decide(req)
     if req.stream:
-        return _serve_stream(req, decision, generation, chunker, prefix)
+        return _serve_stream(req, decision)
     t_up = time.perf_counter()
     try:
-        completion, served = st.dispatcher.complete(decision.candidates, generation)
-    except TargetError as err:
-        st.stats.record_error(decision.target)
-        raise _target_error(err) from None
+        completion, served = st.dispatcher.complete(decision.candidates, req)
+    except TargetError:
+        st.accounting.failed(decision.target)
+        raise
     upstream_s = time.perf_counter() - t_up
-    usage = st.router.fill_usage(decision, served.target, completion.usage, completion.text)
-    if usage is not completion.usage:
-        completion = dataclasses.replace(completion, usage=usage)
-    cost = _account(st, decision, served, usage)
-    resp = jsonify(render(fmt.new_id(prefix), served.target, completion))
+    receipt = st.accounting.settle(decision, served.target, completion.usage, completion.text,
+                                   fell_back=served.fell_back)
+    resp = jsonify(fmt.render(req.kind, fmt.new_id(req.kind), served.target, completion, receipt.usage))
     resp.headers.update(_routing_headers(decision, served, time.perf_counter() - g.t0 - upstream_s))
-    resp.headers["x-router-cost-usd"] = f"{cost:.8f}"
+    resp.headers["x-router-cost-usd"] = f"{receipt.cost_usd:.8f}"
     return resp
 
 
-def _serve_stream(req: ChatRequest | CompletionRequest, decision: Decision, generation: GenerationRequest,
-                  chunker: Callable[..., dict[str, Any]], prefix: str) -> Response:
+def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
     st = state()
     overhead_s = time.perf_counter() - g.t0
     try:
         # The first chunk is pulled before answering: a target that is down gets a real HTTP
         # error (or a fallback), not a 200 with an error inside.
-        first, chunks, served = st.dispatcher.stream(decision.candidates, generation)
-    except TargetError as err:
-        st.stats.record_error(decision.target)
-        raise _target_error(err) from None
-    completion_id, created = fmt.new_id(prefix), int(time.time())
-
-    def chunk(*args: Any, **kwargs: Any) -> str:
-        return fmt.sse(chunker(completion_id, created, served.target, *args, **kwargs))
+        first, chunks, served = st.dispatcher.stream(decision.candidates, req)
+    except TargetError:
+        st.accounting.failed(decision.target)
+        raise
+    chunk = fmt.chunker(req.kind, fmt.new_id(req.kind), int(time.time()), served.target)
 
     def events() -> Iterator[str]:
         usage, finish_reason, texts = Usage(), None, []
-        if isinstance(req, ChatRequest):
+        if req.is_chat:
             yield chunk({"role": "assistant", "content": ""})
         try:
             for part in itertools.chain(() if first is None else (first,), chunks):
                 usage = part.usage or usage
                 finish_reason = part.finish_reason or finish_reason
                 texts.append(part.text)
-                if part.text or part.delta_extra or part.finish_reason:
+                if part.text or part.delta_extra or part.finish_reason or part.choice_extra:
                     yield chunk({**({"content": part.text} if part.text else {}), **part.delta_extra},
-                                part.finish_reason)
+                                part.finish_reason, choice_extra=part.choice_extra)
             if finish_reason is None:
                 yield chunk({}, "stop")
-            usage = st.router.fill_usage(decision, served.target, usage, "".join(texts))
+            receipt: Receipt = st.accounting.settle(decision, served.target, usage, "".join(texts),
+                                                    fell_back=served.fell_back)
             if req.include_usage:
-                yield chunk(None, usage=usage)
-            _account(st, decision, served, usage)
+                yield chunk(None, usage=receipt.usage)
         except TargetError as err:
             # The headers are gone already: the error travels in the stream, which then ends.
-            st.stats.record_error(served.target)
-            yield fmt.sse(_target_error(err).body())
+            st.accounting.failed(served.target)
+            yield fmt.sse(target_error(err).body())
         yield fmt.SSE_DONE
 
     resp = Response(events(), mimetype="text/event-stream")
@@ -170,33 +133,27 @@ def _serve_stream(req: ChatRequest | CompletionRequest, decision: Decision, gene
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    req = parse_chat_request(parse_json_body(request.get_data(cache=False)))
-    return _serve(req, fmt.chat_completion, fmt.chat_chunk, "chatcmpl")
+    return _serve(parse_body(ChatCompletionRequest, request.get_data(cache=False)))
 
 
 @bp.post("/v1/completions")
 def completions() -> Response:
-    req = parse_completion_request(parse_json_body(request.get_data(cache=False)))
-    return _serve(req, fmt.text_completion, fmt.text_chunk, "cmpl")
+    return _serve(parse_body(CompletionRequest, request.get_data(cache=False)))
 
 
-def _policy_entry(config: RouterConfig, name: str, model_id: str) -> dict[str, Any]:
-    policy = config.policy(name)
-    info: dict[str, Any] = {"kind": "policy", "policy": policy.name, "policy_kind": policy.kind,
-                            "targets": policy.targets}
-    if policy.kind == "threshold":
-        info.update(weak=policy.weak, strong=policy.strong, threshold=policy.threshold,
-                    strong_share=policy.strong_share)
-    else:
-        info["tiers"] = [t.model_dump() for t in policy.tiers]
+def _policy_entry(st: RouterState, name: str, model_id: str) -> dict[str, Any]:
+    strategy = st.router.strategies[name]
+    info: dict[str, Any] = {"kind": "policy", "policy": name, "policy_kind": strategy.settings.KIND,
+                            "targets": strategy.targets, **strategy.describe()}
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "router", "router": info}
 
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    config = state().config
-    data = [_policy_entry(config, config.default_policy, POLICY_MODEL)]
-    data += [_policy_entry(config, p.name, f"{POLICY_MODEL}:{p.name}") for p in config.policies]
+    st = state()
+    config = st.config
+    data = [_policy_entry(st, config.default_policy, POLICY_MODEL)]
+    data += [_policy_entry(st, p.name, f"{POLICY_MODEL}:{p.name}") for p in config.policies]
     for target in config.targets:
         data.append({"id": target.name, "object": "model", "created": 0, "owned_by": target.kind,
                      "router": {"kind": "target", "target_kind": target.kind, "model": target.model,
@@ -211,6 +168,6 @@ def router_stats() -> Response:
     st = state()
     calibration = {name: client.calibration() for name, client in st.router.classifiers.items()}
     breakers = {name: vars(b.snapshot()) for name, b in st.dispatcher.breakers.items()}
-    return jsonify({**st.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,
-                    "policies": {p.name: {"threshold": p.threshold, "strong_share": p.strong_share}
-                                 for p in st.config.policies}})
+    return jsonify({**st.accounting.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,
+                    "policies": {name: {"kind": s.settings.KIND, **s.describe()}
+                                 for name, s in st.router.strategies.items()}})

@@ -5,16 +5,19 @@ import os
 
 from flask import Flask
 
+from .accounting import Accounting
 from .api import RouterState
 from .api import bp as api_bp
 from .classifier_client import ClassifierClient
-from .dispatch import Dispatcher
 from .config import RouterConfig, load_config
+from .dispatch import Dispatcher
 from .errors import register_error_handlers
 from .health import bp as health_bp
+from .openapi import bp as openapi_bp
 from .policy import Router
 from .stats import Stats
 from .targets import build_targets
+from .token_count import TokenCounters
 
 DEFAULT_CONFIG = "config/router.yaml"
 
@@ -30,10 +33,13 @@ def create_app(config: RouterConfig | None = None) -> Flask:
         c.name: ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
         for c in config.classifiers
     }
-    app.extensions["router"] = RouterState(config=config, router=Router(config, classifiers),
-                                           dispatcher=Dispatcher(build_targets(config), config.reliability),
-                                           stats=Stats())
+    counters = TokenCounters({t.name: t.tokenizer for t in config.targets})
+    app.extensions["router"] = RouterState(
+        config=config, router=Router(config, classifiers, counters),
+        dispatcher=Dispatcher(build_targets(config), config.reliability),
+        accounting=Accounting(config, counters, Stats()))
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(openapi_bp)
     return app

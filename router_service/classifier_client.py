@@ -1,4 +1,4 @@
-"""Client for the Triton-served router classifier: prompt text in, P(strong needed) out.
+"""The Classifier (classifier.py) served by Triton: prompt text in, P(strong needed) out.
 
 One gRPC channel per process, created once in the app factory and reused by every request
 (gRPC channels are thread-safe), so the hot path does no connection set-up.
@@ -12,21 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-
-class ClassifierUnavailable(RuntimeError):
-    """Triton or the classifier model could not answer."""
-
-
-@dataclass(frozen=True)
-class Classification:
-    score: float  # P(strong model needed)
-    strong_share: float | None  # None when the model carries no calibration
+from .classifier import Classification, ClassifierUnavailable
 
 
 class ClassifierClient:
@@ -34,6 +25,7 @@ class ClassifierClient:
     SCORE = "score"
     SHARE = "strong_share"
     CALIBRATION = "calibration"
+    CALIBRATION_SHARES = "calibration_shares"  # the shares the thresholds are for (the model's own grid)
 
     def __init__(self, grpc_url: str, model: str, version: str = "", timeout_s: float = 2.0) -> None:
         self._client = grpcclient.InferenceServerClient(url=grpc_url)
@@ -78,17 +70,18 @@ class ClassifierClient:
         return [c.score for c in self.classify(texts)]
 
     def calibration(self) -> dict[str, float] | None:
-        """The served version's thresholds for strong shares 0.1 … 0.9, if it has a calibration."""
+        """The served version's score threshold per strong share ("0.1" -> score), if it has a calibration."""
         try:
             if self.SHARE not in {o.name() for o in self._requested_outputs()}:
                 return None
-            result = self._infer([""], [grpcclient.InferRequestedOutput(self.CALIBRATION)])
+            result = self._infer([""], [grpcclient.InferRequestedOutput(n)
+                                        for n in (self.CALIBRATION, self.CALIBRATION_SHARES)])
         except InferenceServerException:
             return None
-        values = result.as_numpy(self.CALIBRATION)
-        if values is None:
+        values, shares = result.as_numpy(self.CALIBRATION), result.as_numpy(self.CALIBRATION_SHARES)
+        if values is None or shares is None:
             return None
-        return {f"{(i + 1) / 10:.1f}": round(float(v), 6) for i, v in enumerate(values.reshape(-1))}
+        return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
 
     def is_ready(self) -> bool:
         try:

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from .config_base import PolicySettings, StrictModel
+from .generation import ADVISORY_FIELDS, TOOL_FIELDS
+from .strategies import PolicyConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -42,28 +46,24 @@ def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Strict):
+class ServerConfig(StrictModel):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
 
 
-class TritonConfig(_Strict):
+class TritonConfig(StrictModel):
     http_url: str = "http://127.0.0.1:8000"
     grpc_url: str = "127.0.0.1:8001"
     timeout_s: float = Field(2.0, gt=0)
 
 
-class ClassifierConfig(_Strict):
+class ClassifierConfig(StrictModel):
     name: str = Field(min_length=1)
     triton_model: str = "router_classifier"
     # Empty: the latest version Triton serves.
     model_version: str = ""
 
 
-class TargetConfig(_Strict):
+class TargetConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     kind: Literal["triton", "openai"]
     # triton: Triton's HTTP URL (defaults to triton.http_url); openai: the API base URL (…/v1).
@@ -101,71 +101,17 @@ class TargetConfig(_Strict):
     def can_use_tools(self) -> bool:
         return self.kind == "openai" if self.supports_tools is None else self.supports_tools
 
-
-class WindowConfig(_Strict):
-    """Which part of the conversation the classifier reads."""
-
-    # The last N user turns, with the assistant turns between them.
-    last_turns: int = Field(1, ge=1)
-    include_system: bool = False
-    # The classifier truncates to its own token limit; this bounds the text sent (most recent kept).
-    max_chars: int = Field(4000, gt=0)
-
-
-class Tier(_Strict):
-    target: str
-    # Scores below this go to this tier; the last tier takes the rest and has no bound.
-    max_score: float | None = Field(None, ge=0.0, le=1.0)
+    def accepts(self, param: str) -> bool:
+        """Can this target honour the pass-through request field ``param``? Local (Triton) LLMs
+        take only the core sampling fields; OpenAI-compatible APIs take OpenAI's fields."""
+        if param in ADVISORY_FIELDS:
+            return True
+        if param in TOOL_FIELDS:
+            return self.can_use_tools
+        return self.kind == "openai"
 
 
-class PolicyConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    kind: Literal["threshold", "tiered"] = "threshold"
-    classifier: str
-    # threshold policies: strong iff P(strong needed) >= threshold, or the score cut that sends
-    # `strong_share` of traffic to the strong target (from the exported model's calibration).
-    weak: str | None = None
-    strong: str | None = None
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    strong_share: float | None = Field(None, ge=0.0, le=1.0)
-    # tiered policies: targets ordered by price, each taking a band of scores.
-    tiers: list[Tier] = Field(default_factory=list)
-    window: WindowConfig = WindowConfig()
-    # Served when the classifier is unavailable (fail open); default: the strongest target.
-    fail_open_target: str | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> "PolicyConfig":
-        if self.kind == "threshold":
-            if not (self.weak and self.strong):
-                raise ValueError(f"policy {self.name!r}: a threshold policy needs weak and strong targets")
-            if self.tiers:
-                raise ValueError(f"policy {self.name!r}: tiers belong to kind 'tiered'")
-            if self.threshold is not None and self.strong_share is not None:
-                raise ValueError(f"policy {self.name!r}: give threshold or strong_share, not both")
-        else:
-            if len(self.tiers) < 2 or self.weak or self.strong:
-                raise ValueError(f"policy {self.name!r}: a tiered policy needs two or more tiers (no weak/strong)")
-            bounds = [t.max_score for t in self.tiers]
-            if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
-                raise ValueError(f"policy {self.name!r}: every tier but the last needs max_score")
-            if any(a >= b for a, b in zip(bounds[:-2], bounds[1:-1])):
-                raise ValueError(f"policy {self.name!r}: tier max_score values must increase")
-        return self
-
-    @property
-    def targets(self) -> list[str]:
-        """Every target the policy can pick, cheapest first."""
-        if self.kind == "threshold":
-            return [self.weak, self.strong]  # type: ignore[list-item]
-        return [t.target for t in self.tiers]
-
-    @property
-    def effective_threshold(self) -> float:
-        return 0.5 if self.threshold is None else self.threshold
-
-
-class RuleConfig(_Strict):
+class RuleConfig(StrictModel):
     """Pins matching prompts to a target before the classifier runs."""
 
     name: str = Field(min_length=1)
@@ -185,7 +131,7 @@ class RuleConfig(_Strict):
         return self
 
 
-class PrivacyConfig(_Strict):
+class PrivacyConfig(StrictModel):
     """Prompts matching these stay on self-hosted targets, fallbacks included."""
 
     enabled: bool = True
@@ -204,19 +150,19 @@ class PrivacyConfig(_Strict):
         return patterns
 
 
-class CircuitBreakerConfig(_Strict):
+class CircuitBreakerConfig(StrictModel):
     failure_threshold: int = Field(3, ge=1, description="Failures within window_s that open the circuit.")
     window_s: float = Field(30.0, gt=0)
     cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit rejects calls.")
 
 
-class ReliabilityConfig(_Strict):
+class ReliabilityConfig(StrictModel):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     # A 429 whose Retry-After is at most this is retried on the same target after waiting.
     max_retry_after_s: float = Field(2.0, ge=0)
 
 
-class RouterConfig(_Strict):
+class RouterConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     triton: TritonConfig = TritonConfig()
     classifiers: list[ClassifierConfig] = Field(min_length=1)
@@ -244,13 +190,11 @@ class RouterConfig(_Strict):
         for policy in self.policies:
             if policy.classifier not in classifiers:
                 raise ValueError(f"policy {policy.name!r}: unknown classifier {policy.classifier!r}")
-            for role in ("weak", "strong"):
-                name = getattr(policy, role)
+            for role, name in policy.target_roles() + [("fail-open", policy.fail_open_target)]:
                 if name is not None and name not in targets:
                     raise ValueError(f"policy {policy.name!r}: unknown {role} target {name!r}")
-            for name in [t.target for t in policy.tiers] + [policy.fail_open_target]:
-                if name is not None and name not in targets:
-                    raise ValueError(f"policy {policy.name!r}: unknown target {name!r}")
+            policy.check_prices({t.name: t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens
+                                 for t in self.targets})
         for target in self.targets:
             for name in target.fallbacks:
                 if name not in targets:
@@ -258,11 +202,6 @@ class RouterConfig(_Strict):
         for rule in self.rules:
             if rule.target not in targets:
                 raise ValueError(f"rule {rule.name!r}: unknown target {rule.target!r}")
-        for policy in self.policies:
-            prices = [self.target(t).usd_per_1m_input_tokens + self.target(t).usd_per_1m_output_tokens
-                      for t in policy.targets]
-            if policy.kind == "tiered" and prices != sorted(prices):
-                raise ValueError(f"policy {policy.name!r}: tiers must be ordered by price, cheapest first")
         if self.default_policy not in policies:
             raise ValueError(f"default_policy {self.default_policy!r} is not a policy")
         clash = targets & {f"router:{p}" for p in policies} | (targets & {"router"})
@@ -273,7 +212,7 @@ class RouterConfig(_Strict):
     def target(self, name: str) -> TargetConfig:
         return next(t for t in self.targets if t.name == name)
 
-    def policy(self, name: str) -> PolicyConfig:
+    def policy(self, name: str) -> PolicySettings:
         return next(p for p in self.policies if p.name == name)
 
     def classifier(self, name: str) -> ClassifierConfig:

@@ -2,8 +2,9 @@
 
 The candidates come from the policy (already filtered for privacy, context window and tools),
 so a fallback can never break those rules. A candidate is skipped while its circuit is open;
-connection errors, timeouts, 5xx and 429 move on to the next candidate (a 429 whose Retry-After
-is short is first retried on the same target); any other error is the client's and is final.
+connection errors, timeouts, 5xx, 429 and a refused upstream key (401/403) move on to the next
+candidate (a 429 whose Retry-After is short is first retried on the same target); any other
+error is the client's and is final.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import TypeVar
 
 from .circuit_breaker import CircuitBreaker
 from .config import ReliabilityConfig
-from .targets import Chunk, Completion, GenerationRequest, Target, TargetError
+from .generation import Chunk, Completion, GenerationRequest
+from .targets import Target, TargetError
 
 T = TypeVar("T")
 
@@ -62,6 +64,11 @@ class Dispatcher:
                         time.sleep(wait)
                         continue
                     break
+                except BaseException:
+                    # An adapter bug or an interrupted call: count it against the target, so that a
+                    # half-open breaker's trial is settled (else the target is never tried again).
+                    breaker.record_failure()
+                    raise
                 breaker.record_success()
                 return result, Served(name, tuple(attempts))
         assert last_error is not None

@@ -7,6 +7,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .routing_errors import CannotServe, InvalidOverride, ModelNotFound, PolicyUnavailable, RoutingError
+from .targets.base import TargetError
+
 
 @dataclass
 class APIError(Exception):
@@ -34,13 +37,22 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def invalid_value(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
-    """Well-formed JSON whose values cannot be processed (wrong type or range)."""
-    return APIError(422, message, param=param, code=code)
+# The decision engine's refusals, as HTTP statuses: the request's fault (4xx) or the deployment's (5xx).
+_ROUTING_STATUS: dict[type[RoutingError], int] = {ModelNotFound: 404, InvalidOverride: 400, CannotServe: 400,
+                                                  PolicyUnavailable: 503}
 
 
-def upstream_error(message: str, status: int = 502, code: str = "upstream_error") -> APIError:
-    return APIError(status, message, type="api_error", code=code)
+def routing_error(err: RoutingError) -> APIError:
+    status = _ROUTING_STATUS[type(err)]
+    return APIError(status, err.message, type="invalid_request_error" if status < 500 else "api_error",
+                    param=err.param, code=err.code)
+
+
+def target_error(err: TargetError) -> APIError:
+    """An upstream failure as the client sees it: its own mistakes as 4xx, the rest as 5xx."""
+    error_type = "invalid_request_error" if err.status < 500 and err.status != 429 else "api_error"
+    headers = {"Retry-After": str(max(1, round(err.retry_after_s)))} if err.retry_after_s is not None else None
+    return APIError(err.status, err.message, type=error_type, code=err.code, headers=headers)
 
 
 # Werkzeug's own HTTP errors (404 route, 405 method, 413 body size) in the same shape.
@@ -51,6 +63,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError) -> Response:
         return err.response()
+
+    @app.errorhandler(RoutingError)
+    def _routing_error(err: RoutingError) -> Response:
+        return routing_error(err).response()
+
+    @app.errorhandler(TargetError)
+    def _target_error(err: TargetError) -> Response:
+        return target_error(err).response()
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .targets import Usage
+from .generation import Usage
 
 
 @dataclass

@@ -42,3 +42,15 @@ class TokenCounter:
     def count_chat(self, contents: Iterable[str]) -> int:
         contents = list(contents)
         return sum(self.count_text(c) + PER_MESSAGE_TOKENS for c in contents) + PRIMING_TOKENS
+
+
+class TokenCounters:
+    """One counter per distinct tokenizer, built once: targets that share a tokenizer (most share
+    none, i.e. the estimate) share a counter, so a decision counts the prompt once per tokenizer."""
+
+    def __init__(self, tokenizers: dict[str, str | None]) -> None:
+        shared: dict[str | None, TokenCounter] = {}
+        self._by_target = {name: shared.setdefault(path, TokenCounter(path)) for name, path in tokenizers.items()}
+
+    def for_target(self, name: str) -> TokenCounter:
+        return self._by_target[name]

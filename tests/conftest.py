@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router_service.stack import start_router, stop_process, wait_ready
-from router_service.triton_launcher import TritonPorts, TritonServer, free_port
+from local_stack.stack import start_router, stop_process, wait_ready
+from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = ROOT / "model_repository"

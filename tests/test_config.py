@@ -72,3 +72,23 @@ def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
     bad.write_text("- a list")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_chart_default_config_is_the_embedded_default() -> None:
+    """config/router.yaml (make run) and the chart's router.config describe the same router; the
+    chart leaves the Triton URLs out (it points them at its own Triton Service)."""
+    chart = yaml.safe_load((ROOT / "helm" / "llm-router" / "values.yaml").read_text())["router"]["config"]
+    embedded = _default()
+    for key in ("http_url", "grpc_url"):
+        embedded["triton"].pop(key)
+    assert chart == embedded
+
+
+def test_local_llms_default_budget_is_the_routers() -> None:
+    """The completion budget the router assumes for a request without max_tokens (its context
+    check, and what it sends) is the one a Triton LLM applies to direct callers."""
+    config = load_config(ROOT / "config" / "router.yaml", environ={})
+    for target in config.targets:
+        if target.kind == "triton":
+            pbtxt = (ROOT / "model_repository" / target.model / "config.pbtxt").read_text()
+            assert f'key: "default_max_tokens", value: {{ string_value: "{target.default_max_tokens}" }}' in pbtxt

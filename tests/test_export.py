@@ -399,7 +399,7 @@ def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, m
 
 
 def test_calibration_math() -> None:
-    from export.triton_classifier_model import Calibration
+    from export.served_model import Calibration
 
     cal = Calibration(np.arange(100, dtype=np.float32)[::-1] / 100)  # 0.00 … 0.99, any order
     np.testing.assert_allclose(cal.strong_share(np.array([0.0, 0.5, 0.99, 1.5, -1.0])), [1.0, 0.5, 0.01, 0.0, 1.0])
@@ -412,7 +412,7 @@ def test_calibration_math() -> None:
 
 
 def test_runtime_device_choice() -> None:
-    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings, settings_from_config
+    from export.served_model import ClassifierRuntime, RuntimeSettings, settings_from_config
 
     cpu_only = ["CPUExecutionProvider"]
     assert ClassifierRuntime._providers(RuntimeSettings("auto"), cpu_only) == ["CPUExecutionProvider"]
@@ -429,7 +429,7 @@ def test_runtime_device_choice() -> None:
 
 def test_ensemble_version_without_rank_references_is_refused(exported: SimpleNamespace, tmp_path: Path) -> None:
     """The graph returns both branch scores; without head[.int8].npz there is nothing to blend them with."""
-    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+    from export.served_model import ClassifierRuntime, RuntimeSettings
 
     version = tmp_path / "1"
     shutil.copytree(exported.model_dir / "1", version)
@@ -440,7 +440,7 @@ def test_ensemble_version_without_rank_references_is_refused(exported: SimpleNam
 
 
 def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
-    from export.triton_classifier_model import ClassifierRuntime, RuntimeSettings
+    from export.served_model import ClassifierRuntime, RuntimeSettings
 
     both = {"precision": "int8", "precisions": ["fp32", "int8"]}
     choose = ClassifierRuntime.choose_precision

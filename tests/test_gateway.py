@@ -14,7 +14,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from router_service.triton_launcher import TritonServer, free_port
+from local_stack.triton_launcher import TritonServer, free_port
 
 from .conftest import router_config_dict, run_router
 from .upstream import FaultProxy, OpenAIServer
@@ -163,6 +163,39 @@ def test_response_format_goes_to_a_target_that_supports_it(gateway: str) -> None
     assert info.value.body["code"] == "unsupported_parameter"
 
 
+def test_max_completion_tokens_reaches_openai_targets_under_its_own_name(gateway: str, proxy: FaultProxy) -> None:
+    """OpenAI's reasoning models refuse `max_tokens`: the field the client used is the one sent."""
+    proxy.fail_next(1, 400)  # the upstream's answer does not matter here, only what it was sent
+    with pytest.raises(openai.BadRequestError):
+        client(gateway).chat.completions.create(model="ext", messages=HELLO, max_completion_tokens=5)
+    sent = json.loads(proxy.received[0])
+    assert sent["max_completion_tokens"] == 5 and "max_tokens" not in sent
+
+
+def test_fields_a_target_supports_are_forwarded_and_others_refused(gateway: str, proxy: FaultProxy) -> None:
+    # logprobs: the local LLMs cannot give them, the OpenAI-compatible server can.
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="router:ext", messages=HELLO, max_tokens=2, logprobs=True, top_logprobs=2,
+        extra_body={"router": {"threshold": 1.0}})
+    # threshold 1.0 picks the weak local target, which cannot take logprobs: escalated to ext.
+    assert raw.headers["x-router-target"] == "ext" and raw.headers["x-router-reason"] == "classifier:escalated"
+    sent = json.loads(proxy.requests_seen[0])
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    assert raw.parse().choices[0].logprobs is not None  # the upstream's logprobs reach the client
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gateway).chat.completions.create(model="smollm2-135m", messages=HELLO, logprobs=True)
+    assert info.value.body["code"] == "unsupported_parameter" and info.value.body["param"] == "logprobs"
+    # A field at its neutral value asks nothing of the target.
+    ok = client(gateway).chat.completions.with_raw_response.create(model="smollm2-135m", messages=HELLO,
+                                                                   max_tokens=2, logprobs=False, presence_penalty=0)
+    assert ok.headers["x-router-target"] == "smollm2-135m"
+    # A field the API does not have is refused, not dropped.
+    resp = requests.post(gateway + "/v1/chat/completions", timeout=30,
+                         json={"model": "smollm2-135m", "messages": HELLO, "max_tokens": 2, "temprature": 0})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "unknown_parameter"
+    assert resp.json()["error"]["param"] == "temprature"
+
+
 # --- policies ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, target", [({"threshold": 0.0}, "ext"), ({"threshold": 1.0}, "smollm2-135m"),
@@ -171,6 +204,17 @@ def test_per_request_overrides(gateway: str, overrides: dict, target: str) -> No
     raw = client(gateway).chat.completions.with_raw_response.create(
         model="router:ext", messages=HELLO, max_tokens=2, extra_body={"router": overrides})
     assert raw.headers["x-router-target"] == target
+
+
+@pytest.mark.parametrize("overrides", [{"threshold": 0.5}, {"strong_share": 0.3}])
+def test_tiered_policy_refuses_a_single_cut(gateway: str, overrides: dict) -> None:
+    """A threshold or a share cannot say which of three bands a score is in: refused, not ignored."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client(gateway).chat.completions.create(model="router:tiers", messages=HELLO, max_tokens=2,
+                                                extra_body={"router": overrides})
+    assert info.value.body["code"] == "unsupported_override"
+    assert info.value.body["param"] == f"router.{next(iter(overrides))}"
+    assert "tiered" in info.value.body["message"]
 
 
 def test_tiered_policy_picks_the_band(gateway: str) -> None:
@@ -287,6 +331,30 @@ def test_fallback_when_external_server_stops_and_circuit_breaker(triton: TritonS
                 == "closed"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_upstream_key_falls_back_and_trips_the_breaker(triton: TritonServer, proxy: FaultProxy,
+                                                               tmp_path: Path, status: int) -> None:
+    """A wrong upstream key is the operator's fault: the client gets another target's answer (or a
+    502), never a 400 that blames its request; the breaker stops calling the target."""
+    config = gateway_config(triton, proxy.url)
+    config["targets"].append({"name": "ext-alone", "kind": "openai", "url": proxy.url, "model": "m",
+                              "context_window": 2048, "api_key_env": "EXT_API_KEY"})
+    with run_router(config, tmp_path, env={"EXT_API_KEY": "wrong-key-do-not-log"}) as url:
+        proxy.fail_next(2, status)
+        for _ in range(2):
+            raw = client(url).chat.completions.with_raw_response.create(model="ext", messages=HELLO, max_tokens=2)
+            assert raw.headers["x-router-target"] == "gemma3-270m"
+            assert raw.headers["x-router-fallback-from"] == "ext"
+        stats = requests.get(url + "/v1/router/stats", timeout=10).json()
+        assert stats["circuit_breakers"]["ext"]["state"] == "open"  # 2 failures in the window
+        proxy.fail_next(1, status)
+        resp = requests.post(url + "/v1/chat/completions", json={"model": "ext-alone", "messages": HELLO}, timeout=30)
+        assert resp.status_code == 502
+        error = resp.json()["error"]
+        assert error["type"] == "api_error" and error["code"] == "upstream_auth_failed"
+        assert "wrong-key" not in resp.text
 
 
 def test_broken_upstream_stream_ends_with_an_error_event(gateway: str, proxy: FaultProxy) -> None:

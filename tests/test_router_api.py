@@ -9,7 +9,7 @@ import requests
 import yaml
 
 from router_service.classifier_client import ClassifierClient
-from router_service.triton_launcher import TritonPorts, TritonServer, free_port
+from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 from .conftest import ROOT, router_config_dict, run_router
 
@@ -147,24 +147,29 @@ def _assert_error(resp: requests.Response, status: int, param: str | None = None
         (json.dumps({"model": "router"}).encode(), 400, "messages"),
         (json.dumps({"model": "router", "messages": []}).encode(), 400, "messages"),
         (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
-        (json.dumps({"model": "router", "messages": "hello"}).encode(), 422, "messages"),
-        (json.dumps({"model": "router", "messages": [{"role": "user", "content": 5}]}).encode(), 422,
+        (json.dumps({"model": "router", "messages": "hello"}).encode(), 400, "messages"),
+        (json.dumps({"model": "router", "messages": [{"role": "user", "content": 5}]}).encode(), 400,
          "messages[0].content"),
         (json.dumps({"model": "router", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400,
          "messages[0].role"),
         (json.dumps({"model": "router", "messages": [{"role": "user"}]}).encode(), 400, "messages[0].content"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
-                     "temperature": "hot"}).encode(), 422, "temperature"),
+                     "temperature": "hot"}).encode(), 400, "temperature"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
                      "temperature": 3}).encode(), 400, "temperature"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
                      "max_tokens": 0}).encode(), 400, "max_tokens"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
-                     "stream": "yes"}).encode(), 422, "stream"),
+                     "stream": "yes"}).encode(), 400, "stream"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}], "n": 2}).encode(), 400,
          "n"),
         (json.dumps({"model": "router", "messages": [{"role": "user", "content": "x"}],
                      "router": {"threshold": 2}}).encode(), 400, "router.threshold"),
+        # Deeply nested JSON, at the top and inside a field: a 400, not a recursion error (a 500).
+        (b"[" * 5000 + b"]" * 5000, 400, None),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "x"}], "metadata": ' + b'{"a": ' * 5000
+         + b'1' + b'}' * 5001, 400, None),
+        (b'{"model": "router", "messages": "\xff\xfe"}', 400, None),  # not UTF-8
         (json.dumps({"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
         (json.dumps({"model": "router:nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404,
          "model"),
@@ -173,6 +178,35 @@ def _assert_error(resp: requests.Response, status: int, param: str | None = None
 def test_client_errors(router_url: str, data: bytes, status: int, param: str | None) -> None:
     resp = requests.post(router_url + CHAT, data=data, headers={"Content-Type": "application/json"}, timeout=10)
     _assert_error(resp, status, param)
+
+
+def test_openapi_document_covers_every_route_and_validates_bodies(router_url: str) -> None:
+    import jsonschema
+
+    doc = requests.get(router_url + "/openapi.json", timeout=10).json()
+    assert doc["openapi"].startswith("3.1")
+    from router_service.app import create_app
+    from router_service.config import load_config
+
+    app = create_app(load_config(ROOT / "config" / "router.yaml", environ={}))
+    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert routes == set(doc["paths"])  # every route documented, nothing documented that is not served
+    schemas = doc["components"]["schemas"]
+
+    def validator(name: str) -> jsonschema.Draft202012Validator:
+        schema = {**schemas[name], "$defs": schemas}
+        jsonschema.Draft202012Validator.check_schema(schema)
+        return jsonschema.Draft202012Validator(json.loads(json.dumps(schema).replace("#/components/schemas/",
+                                                                                      "#/$defs/")))
+
+    chat = validator("ChatCompletionRequest")
+    body = {"model": "router", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_completion_tokens": 3, "router": {"strong_share": 0.2}, "stream": True}
+    chat.validate(body)
+    for bad in ({**body, "temprature": 1}, {**body, "messages": []}, {**body, "router": {"threshold": 2}}):
+        assert not chat.is_valid(bad)
+        assert requests.post(router_url + CHAT, json=bad, timeout=10).status_code == 400  # the server agrees
+    validator("CompletionRequest").validate({"model": "router", "prompt": ["once"]})
 
 
 def test_body_over_the_limit_is_413(router_url: str) -> None:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
 from export.onnx_head import EmbeddingHead, attach_head
-from export.triton_classifier_model import RankBlend, rank_in, rank_table
+from export.served_model import RankBlend, rank_in, rank_table
 
 
 def test_rank_in_interpolates_between_reference_ranks() -> None:

@@ -2,17 +2,26 @@
 the circuit breaker (driven by a controllable clock, not by sleeping)."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
-from router_service.chat_request import Message, parse_chat_request, parse_completion_request
+from router_service.api_models import ChatCompletionRequest, CompletionRequest, parse_body
 from router_service.circuit_breaker import CircuitBreaker
-from router_service.config import CircuitBreakerConfig, PrivacyConfig, RuleConfig, WindowConfig
+from router_service.config import CircuitBreakerConfig, PrivacyConfig, ReliabilityConfig, RuleConfig
+from router_service.config_base import WindowConfig
+from router_service.dispatch import Dispatcher
 from router_service.errors import APIError
+from router_service.generation import GenerationRequest, Message
 from router_service.policy import window_text
 from router_service.prompt_rules import PrivacyDetector, compile_rules
 from router_service.token_count import PER_MESSAGE_TOKENS, PRIMING_TOKENS, TokenCounter
+
+
+def parse_chat(body: dict) -> GenerationRequest:
+    return parse_body(ChatCompletionRequest, json.dumps(body).encode())
 
 
 def _msgs(*pairs: tuple[str, str]) -> tuple[Message, ...]:
@@ -113,15 +122,17 @@ def test_circuit_breaker_forgets_failures_outside_the_window() -> None:
 
 
 def test_request_parsing_normalises_content_parts_and_aliases() -> None:
-    req = parse_chat_request({"model": "router", "max_completion_tokens": 7, "stop": "END",
-                              "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                                        {"type": "text", "text": "b"}]}],
-                              "router": {"strong_share": 0.3}, "tools": [{"type": "function"}]})
+    req = parse_chat({"model": "router", "max_completion_tokens": 7, "stop": "END",
+                      "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                {"type": "text", "text": "b"}]}],
+                      "router": {"strong_share": 0.3}, "tools": [{"type": "function"}]})
     assert req.messages[0].content == "a\nb"
-    assert req.max_tokens == 7 and req.stop == ("END",)
+    assert req.max_tokens == 7 and req.max_tokens_param == "max_completion_tokens" and req.stop == ("END",)
     assert req.router.strong_share == 0.3 and req.passthrough["tools"] == [{"type": "function"}]
-    legacy = parse_completion_request({"model": "router", "prompt": ["once"]})
-    assert legacy.prompt == "once" and legacy.max_tokens == 16
+    assert req.needs == ("tools",)
+    legacy = parse_body(CompletionRequest, json.dumps({"model": "router", "prompt": ["once"]}).encode())
+    assert legacy.kind == "text" and legacy.prompt == "once" and legacy.max_tokens == 16
+    assert legacy.messages[0].content == "once"  # what routing reads, for either kind
 
 
 @pytest.mark.parametrize("body, param", [
@@ -130,13 +141,13 @@ def test_request_parsing_normalises_content_parts_and_aliases() -> None:
      "router"),
     ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"strong_share": -0.1}},
      "router.strong_share"),
-    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"colour": "red"}}, "router"),
+    ({"model": "r", "messages": [{"role": "user", "content": "x"}], "router": {"colour": "red"}}, "router.colour"),
     ({"model": "r", "messages": [{"role": "user", "content": "x"}], "tools": {"not": "a list"}}, "tools"),
 ])
 def test_request_parsing_errors_name_the_parameter(body: dict, param: str) -> None:
     with pytest.raises(APIError) as info:
-        parse_chat_request(body)
-    assert info.value.param == param and 400 <= info.value.status < 500
+        parse_chat(body)
+    assert info.value.param == param and info.value.status == 400
 
 
 def test_token_counter_with_a_real_tokenizer_file() -> None:
@@ -149,3 +160,37 @@ def test_token_counter_with_a_real_tokenizer_file() -> None:
     assert counter.count_text("hello world") == 2  # WordPiece: 'hello', 'world'
     assert counter.count_text("word " * 300) == 300  # no padding or truncation from the file's settings
     assert counter.count_chat(["hello world"]) == 2 + PER_MESSAGE_TOKENS + PRIMING_TOKENS
+
+
+class _BrokenAdapter:
+    """A target adapter with a bug: it raises something other than TargetError. (A stand-in for
+    our own adapter code, not for an external service.)"""
+
+    name, kind = "broken", "openai"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def complete(self, request: GenerationRequest) -> None:
+        self.calls += 1
+        raise KeyError("choices")
+
+    def stream(self, request: GenerationRequest) -> None:
+        raise NotImplementedError
+
+
+def test_an_adapter_bug_does_not_leave_a_half_open_breaker_stuck() -> None:
+    adapter = _BrokenAdapter()
+    config = ReliabilityConfig(circuit_breaker=CircuitBreakerConfig(failure_threshold=1, window_s=60, cooldown_s=0.05))
+    dispatcher = Dispatcher({"broken": adapter}, config)
+    request = parse_chat({"model": "broken", "messages": [{"role": "user", "content": "x"}]})
+    with pytest.raises(KeyError):
+        dispatcher.complete(("broken",), request)
+    assert dispatcher.breakers["broken"].snapshot().state == "open"
+    for trial in range(2):  # each half-open trial is settled, so the next cooldown allows another
+        time.sleep(0.06)
+        assert dispatcher.breakers["broken"].snapshot().state == "half_open"
+        with pytest.raises(KeyError):
+            dispatcher.complete(("broken",), request)
+        assert dispatcher.breakers["broken"].snapshot().state == "open"
+    assert adapter.calls == 3

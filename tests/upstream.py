@@ -18,8 +18,8 @@ from pathlib import Path
 
 import requests
 
-from router_service.stack import stop_process
-from router_service.triton_launcher import free_port
+from local_stack.stack import stop_process
+from local_stack.triton_launcher import free_port
 
 
 def smollm2_gguf() -> Path:
@@ -61,11 +61,12 @@ class OpenAIServer:
 class FaultProxy:
     """Forwards to ``upstream``; ``fail_next(n, status, retry_after)`` and ``break_stream_after``
     inject faults. ``requests_seen`` / ``authorization_seen`` record the request bodies and
-    Authorization headers that reached the upstream."""
+    Authorization headers that reached the upstream; ``received`` every body, rejected ones too."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.requests_seen: list[bytes] = []
+        self.received: list[bytes] = []
         self.authorization_seen: list[str] = []
         self.rejected = 0
         self._faults: list[tuple[int, str | None]] = []
@@ -85,6 +86,7 @@ class FaultProxy:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.received.append(body)
                 with proxy._lock:
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is not None:
@@ -144,6 +146,7 @@ class FaultProxy:
         with self._lock:
             self._faults = []
         self.requests_seen.clear()
+        self.received.clear()
         self.authorization_seen.clear()
         self.rejected = 0
         self.break_stream_after = None

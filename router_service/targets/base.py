@@ -1,56 +1,15 @@
-"""What every target adapter takes and returns."""
+"""What every target adapter takes and returns (the types themselves live in generation.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..chat_request import Message
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A chat (``messages``) or legacy text (``prompt``) generation, already validated."""
-
-    messages: tuple[Message, ...] | None = None
-    prompt: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    passthrough: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str
-    usage: Usage
-    # Extra assistant-message fields from pass-through targets (e.g. tool_calls).
-    message_extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    delta_extra: dict[str, Any] = field(default_factory=dict)
+from ..generation import Chunk, Completion, GenerationRequest, Usage
 
 
 class TargetError(Exception):
-    """The upstream failed. ``status`` is what the router answers; ``retryable`` drives fallbacks."""
+    """The upstream failed. ``status`` is what the router answers; ``retryable`` drives fallbacks
+    and the circuit breaker (a non-retryable error is the request's fault, not the target's)."""
 
     def __init__(self, message: str, status: int = 502, *, code: str = "upstream_error", retryable: bool = True,
                  retry_after_s: float | None = None) -> None:
@@ -69,3 +28,6 @@ class Target(Protocol):
     def complete(self, request: GenerationRequest) -> Completion: ...
 
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]: ...
+
+
+__all__ = ["Chunk", "Completion", "GenerationRequest", "Target", "TargetError", "Usage"]

@@ -39,6 +39,11 @@ def check_response(resp: requests.Response, target: str) -> None:
         raise TargetError(message, 429, code="rate_limited", retry_after_s=_retry_after(resp))
     if resp.status_code >= 500:
         raise TargetError(message, 502, code="upstream_error")
+    if resp.status_code in (401, 403):
+        # The provider refused the router's own credentials: the operator's fault, not the client's.
+        # Another target may serve the request, and the breaker should stop calling this one.
+        raise TargetError(f"target '{target}' refused the router's credentials ({resp.status_code})", 502,
+                          code="upstream_auth_failed")
     # 4xx: the upstream rejected what the client asked for; retrying elsewhere will not help.
     raise TargetError(message, 400, code="upstream_rejected", retryable=False)
 

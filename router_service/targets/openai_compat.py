@@ -34,13 +34,15 @@ class OpenAITarget:
 
     def _payload(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
         payload: dict[str, Any] = {"model": self.config.model, **request.passthrough}
-        if request.messages is not None:
+        if request.is_chat:
             path = "/chat/completions"
             payload["messages"] = [m.raw for m in request.messages]
         else:
             path = "/completions"
-            payload["prompt"] = request.prompt or ""
-        for key in ("max_tokens", "temperature", "top_p", "seed"):
+            payload["prompt"] = request.prompt
+        if request.max_tokens is not None:
+            payload[request.max_tokens_param] = request.max_tokens
+        for key in ("temperature", "top_p", "seed"):
             value = getattr(request, key)
             if value is not None:
                 payload[key] = value
@@ -69,14 +71,15 @@ class OpenAITarget:
             choice = body["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise TargetError(f"target '{self.name}' sent a malformed completion", 502) from exc
-        if request.messages is not None:
+        if request.is_chat:
             message = choice.get("message") or {}
             text = message.get("content") or ""
             extra = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
         else:
             text, extra = choice.get("text") or "", {}
         return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          usage=self._usage(body) or Usage(), message_extra=extra)
+                          usage=self._usage(body) or Usage(), message_extra=extra,
+                          choice_extra=_choice_extra(choice))
 
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         path, payload = self._payload(request, stream=True)
@@ -89,12 +92,19 @@ class OpenAITarget:
                 for event in iter_sse_json(resp, self.name):
                     usage = self._usage(event)
                     for choice in event.get("choices") or []:
-                        if request.messages is not None:
+                        if request.is_chat:
                             delta = choice.get("delta") or {}
                             text = delta.get("content") or ""
                             extra = {k: v for k, v in delta.items() if k not in ("role", "content") and v is not None}
                         else:
                             text, extra = choice.get("text") or "", {}
-                        yield Chunk(text=text, finish_reason=choice.get("finish_reason"), delta_extra=extra)
+                        yield Chunk(text=text, finish_reason=choice.get("finish_reason"), delta_extra=extra,
+                                    choice_extra=_choice_extra(choice))
                     if usage is not None:
                         yield Chunk(usage=usage)
+
+
+def _choice_extra(choice: dict[str, Any]) -> dict[str, Any]:
+    """What a choice carries besides the text (e.g. logprobs, when the request asked for them)."""
+    return {k: v for k, v in choice.items()
+            if k not in ("index", "message", "delta", "text", "finish_reason") and v is not None}

@@ -17,8 +17,6 @@ from ..config import TargetConfig
 from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
 from .http_util import check_response, iter_sse_json, upstream_call
 
-DEFAULT_MAX_TOKENS = 256
-
 
 class TritonLLMTarget:
     kind = "triton"
@@ -32,17 +30,20 @@ class TritonLLMTarget:
         self._timeout = (config.connect_timeout_s, config.read_timeout_s)
 
     def _payload(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
-        if request.passthrough.get("tools") or request.passthrough.get("response_format"):
-            raise TargetError(f"target '{self.name}' (a local Triton LLM) supports neither 'tools' nor "
-                              "'response_format'", 400, code="unsupported_parameter", retryable=False)
+        # The decision engine keeps such requests away; a direct caller of the adapter gets the same answer.
+        refused = [p for p in request.needs if not self.config.accepts(p)]
+        if refused:
+            raise TargetError(f"target '{self.name}' (a local Triton LLM) does not support {refused}", 400,
+                              code="unsupported_parameter", retryable=False)
         payload: dict[str, Any] = {
-            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            # Always sent: the budget the router assumed in its context-window check is the one used.
+            "max_tokens": request.max_tokens or self.config.default_max_tokens,
             "stream": stream,
         }
-        if request.messages is not None:
+        if request.is_chat:
             payload["messages"] = json.dumps([{"role": m.role, "content": m.content} for m in request.messages])
         else:
-            payload["text_input"] = request.prompt or ""
+            payload["text_input"] = request.prompt
         if request.temperature is not None:
             payload["temperature"] = request.temperature
         if request.top_p is not None:

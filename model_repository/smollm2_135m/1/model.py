@@ -11,7 +11,7 @@ relative symlink to this file); everything model-specific lives in ``config.pbtx
   ${XDG_CACHE_HOME:-~/.cache}/triton-llm-router, else (read-only home) $TMPDIR/triton-llm-router.
 * ``gguf_path``: an explicit GGUF file instead (e.g. on a mounted volume).
 * ``n_ctx`` (2048); ``n_threads`` (0 = every CPU this process may use; the configs say 1, see
-  there why); ``default_max_tokens`` (512, for requests without ``max_tokens``);
+  there why); ``default_max_tokens`` (256, for requests without ``max_tokens``; the router always sends its target's ``default_max_tokens``, the same value by default);
   ``n_gpu_layers`` (0 = CPU only; -1 = all layers, needs a CUDA build of llama-cpp-python).
 * ``chat_template``: ``auto`` = the GGUF's own Jinja template, or the plain template below if
   the GGUF has none (Gemma 3 270M is a base model without one); ``plain`` forces it:
@@ -209,7 +209,7 @@ class TritonPythonModel:
         gguf = resolve_gguf(params)
         self.n_ctx = int(params.get("n_ctx", "2048"))
         n_threads = int(params.get("n_threads", "0")) or _cpu_count()
-        self.default_max_tokens = int(params.get("default_max_tokens", "512"))
+        self.default_max_tokens = int(params.get("default_max_tokens", "256"))
         self.llm = Llama(
             model_path=str(gguf),
             n_ctx=self.n_ctx,
@@ -327,8 +327,14 @@ class TritonPythonModel:
         self.llm.set_seed((g.seed if g.seed is not None else secrets.randbits(32)) & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held, final, n, finish = "", "", 0, "length"
+        # Evaluate the whole prompt every time. llama-cpp-python would otherwise reuse the KV cache
+        # of the previous request's common prefix and evaluate only the rest: a different batch
+        # shape takes other kernels, the logits differ in the last bits, and greedy decoding can
+        # then pick another token on a near tie (the same request answered differently twice).
+        self.llm.reset()
         tokens = self.llm.generate(
-            g.prompt_tokens, temp=g.temperature, top_p=g.top_p, top_k=TOP_K, min_p=MIN_P, repeat_penalty=1.0
+            g.prompt_tokens, temp=g.temperature, top_p=g.top_p, top_k=TOP_K, min_p=MIN_P, repeat_penalty=1.0,
+            reset=True,
         )
         for token in tokens:
             if self._is_eog(self._vocab, token):

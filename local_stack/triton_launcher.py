@@ -16,7 +16,7 @@ The wheel's binary needs some help on a plain machine, all handled here:
   launcher's pid), removed on stop, so parallel servers never collide; regions left by
   launchers that died without stopping are removed on the next start.
 
-Usage: ``python -m router_service.triton_launcher --model-repository model_repository``.
+Usage: ``python -m local_stack.triton_launcher --model-repository model_repository``.
 """
 from __future__ import annotations
 

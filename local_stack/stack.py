@@ -16,7 +16,8 @@ import requests
 from .triton_launcher import TritonPorts, TritonServer
 
 
-GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN_CONF = ROOT / "router_service" / "gunicorn_conf.py"
 
 
 def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -24,7 +25,7 @@ def start_router(config: Path, host: str, port: int, env: dict[str, str] | None 
     proc_env = {**os.environ, **(env or {}), "ROUTER_CONFIG": str(config.resolve()), "ROUTER_HOST": host,
                 "ROUTER_PORT": str(port)}
     return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"],
-                            env=proc_env, cwd=Path(__file__).resolve().parents[1])
+                            env=proc_env, cwd=ROOT)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:

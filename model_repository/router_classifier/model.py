@@ -1,6 +1,8 @@
-"""Triton python-backend model for the router classifier (template: copied as ``model.py`` into
-every version directory, next to ``model.onnx``, the tokenizer files and ``metadata.json``, so
-code, tokenizer and weights are versioned together).
+"""Triton python-backend model for the router classifier. This file lives with the Triton model
+(model_repository/router_classifier/) and ``make export`` copies it as ``model.py`` into every
+version directory, next to ``model.onnx``, the tokenizer files and ``metadata.json``, so code,
+tokenizer and weights are versioned together. The export and evaluation load it from here
+(export/served_model.py) to score prompts exactly as Triton does.
 
 Contract: input ``text`` (TYPE_STRING, dims [1], batched): raw prompt text. Outputs, each computed
 only when requested:
@@ -11,7 +13,9 @@ only when requested:
   (``calibration.npy``: their sorted scores) that score >= this prompt, so routing to the strong
   model iff ``strong_share <= s`` sends about a share ``s`` of traffic there;
 - ``calibration`` (TYPE_FP32, dims [9]): the score thresholds that send 10%, 20%, ..., 90% of the
-  calibration traffic to the strong model (the same for every prompt; ask with any text, e.g. "").
+  calibration traffic to the strong model (the same for every prompt; ask with any text, e.g. "");
+- ``calibration_shares`` (TYPE_FP32, dims [9]): those shares (``CALIBRATION_SHARES``, the one
+  source of the grid: the router's client labels the thresholds with them).
 
 Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier (logits; the
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
@@ -61,7 +65,8 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_FILE = "calibration.npy"
 HEAD_FILE = "head.npz"
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-OUTPUTS = ("score", "strong_share", "calibration")
+OUTPUTS = ("score", "strong_share", "calibration", "calibration_shares")
+CALIBRATION_OUTPUTS = ("calibration", "calibration_shares")  # the same for every prompt: no model run
 # outputs of an embedding head attached to the encoder graph (export/onnx_head.py)
 KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT = "knn_score", "clf_score", "pooled"
 
@@ -422,9 +427,9 @@ class TritonPythonModel:
             # the batch arrays, no numpy scalar types, nothing the stub must convert.
             tensors = []
             for name in wanted:
-                if name == "calibration":
+                if name in CALIBRATION_OUTPUTS:
                     out = np.empty((end - start, len(CALIBRATION_SHARES)), dtype=np.float32)
-                    out[:] = calibration
+                    out[:] = calibration if name == "calibration" else CALIBRATION_SHARES
                 else:
                     out = np.empty((end - start, 1), dtype=np.float32)
                     out[:, 0] = (scores if name == "score" else shares)[start:end]

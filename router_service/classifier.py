@@ -1,0 +1,30 @@
+"""What the decision engine needs from a classifier, whatever serves it: a score per prompt in
+[0, 1] (higher: more need for the strong model) and, when the served model version carries a
+calibration, the share of calibration traffic that scores at or above the prompt."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ClassifierUnavailable(RuntimeError):
+    """The classifier could not answer (server down, model not loaded, timeout)."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    score: float  # need for the strong model, in [0, 1]
+    strong_share: float | None  # None when the model carries no calibration
+
+
+class Classifier(Protocol):
+    def classify(self, texts: Sequence[str]) -> list[Classification]:
+        """One classification per text, in order; raises ClassifierUnavailable."""
+        ...
+
+    def calibration(self) -> dict[str, float] | None:
+        """Score thresholds by strong share ("0.1" -> score), or None without a calibration."""
+        ...
+
+    def is_ready(self) -> bool: ...

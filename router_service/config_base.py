@@ -1,0 +1,48 @@
+"""Config building blocks shared by the config file's schema (config.py) and the routing
+strategies that declare their own policy settings (strategies/): kept apart so that neither
+imports the other's module."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowConfig(StrictModel):
+    """Which part of the conversation the classifier reads."""
+
+    # The last N user turns, with the assistant turns between them.
+    last_turns: int = Field(1, ge=1)
+    include_system: bool = False
+    # The classifier truncates to its own token limit; this bounds the text sent (most recent kept).
+    max_chars: int = Field(4000, gt=0)
+
+
+class PolicySettings(StrictModel):
+    """What every policy has; each strategy subclasses it with its own fields and ``kind``."""
+
+    KIND: ClassVar[str]
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    classifier: str
+    window: WindowConfig = WindowConfig()
+    # Served when the classifier is unavailable (fail open); default: the strongest target.
+    fail_open_target: str | None = None
+
+    @property
+    def targets(self) -> list[str]:
+        """Every target the policy can pick, cheapest first."""
+        return [name for _, name in self.target_roles()]
+
+    def target_roles(self) -> list[tuple[str, str]]:
+        """(role, target name) for each target the policy names, cheapest first."""
+        raise NotImplementedError
+
+    def check_prices(self, prices: dict[str, float]) -> None:
+        """Raise ValueError when the policy's targets are priced against its own logic."""

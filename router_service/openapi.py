@@ -1,0 +1,71 @@
+"""The public API as an OpenAPI 3.1 document, generated from the request models
+(api_models.py), served at ``GET /openapi.json``."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from .api_models import ChatCompletionRequest, CompletionRequest
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+_OBJECT = {"type": "object"}
+
+
+def _answer(description: str, schema: dict[str, Any], stream: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _answer("an OpenAI-style error", {"$ref": "#/components/schemas/Error"}) for s in statuses}
+
+
+def _generation(summary: str, model: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}},
+        "responses": {"200": _answer("the answer, or an SSE stream with `stream: true`", _OBJECT, stream=True),
+                      **_errors(400, 404, 413, 429, 502, 503, 504)}}}
+
+
+def _get(summary: str, *errors: int) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": _answer("OK", _OBJECT), **_errors(*errors)}}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+                                 ref_template="#/components/schemas/{model}")
+    schemas = {**defs["$defs"], "Error": _ERROR}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "LLM router", "version": __version__,
+                 "description": "OpenAI-compatible API of the Triton-backed LLM router (docs/api.md)."},
+        "paths": {
+            "/v1/chat/completions": _generation("Chat completion, routed", "ChatCompletionRequest"),
+            "/v1/completions": _generation("Legacy text completion, routed", "CompletionRequest"),
+            "/v1/models": _get("Policies and targets"),
+            "/v1/router/stats": _get("Running usage, cost, savings, breakers and calibration"),
+            "/health/live": _get("Liveness"),
+            "/health/ready": _get("Readiness: Triton and every classifier model", 503),
+            "/openapi.json": _get("This document"),
+        },
+        "components": {"schemas": schemas},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(openapi_document())
