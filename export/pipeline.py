@@ -1,11 +1,13 @@
 """``python -m export``: fine-tune the router classifier, export it to ONNX, check the export
 against PyTorch, and publish it as a new version of the Triton model.
 
-Steps: load data -> fine-tune (tqdm per epoch) -> PyTorch validation logits -> optimum ONNX
-export -> stage the version directory (model.onnx, tokenizer, model.py, metadata.json) ->
-parity check of the staged directory through the served code path -> atomic rename to
-``<model repository>/router_classifier/<n+1>/``. The last line printed is one JSON object with
-the validation metrics.
+Steps, one function each (``run`` calls them in order): ``load_job`` (data, kNN index) ->
+``fine_tune`` (tqdm per epoch) -> ``torch_reference`` (PyTorch validation outputs) ->
+``export_graph`` (optimum ONNX export, staged with the tokenizer, model.py and metadata.json) ->
+``quantize`` (int8) -> ``attach_heads`` (kNN vote and classifier branch in the graph) ->
+``check_parity`` and ``check_int8`` (the staged directory through the served code path) ->
+``calibrate`` -> atomic rename to ``<model repository>/router_classifier/<n+1>/``. The last line
+printed is one JSON object with the validation metrics.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,14 @@ from export.data import (
     DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, load_models, load_routing_set,
     sha256_file, with_question_only,
 )
+from export.served_model import (
+    CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime,
+    RuntimeSettings, variant_file,
+)
+from export.served_model import SOURCE as TEMPLATE  # copied into every version
 from export.train import TrainOptions
 
 MODEL_NAME = "router_classifier"
-from export.served_model import SOURCE as TEMPLATE  # noqa: E402 - copied into every version
 # The committed Triton config, copied into a model repository that has none yet.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME / "config.pbtxt"
 PARITY_TOLERANCE = 1e-4
@@ -233,7 +239,7 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
     ensemble, write both branches' rank references (head[.int8].npz). Returns the numpy reference
     head (what the parity check compares the graph with) and the files written."""
     from export.onnx_head import EmbeddingHead, attach_head
-    from export.served_model import HEAD_FILE, MODEL_FILE, variant_file
+    from export.served_model import HEAD_FILE
 
     emb = _embed_served(runtime, prompts, width)
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
@@ -251,236 +257,325 @@ def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarr
 
 
 def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
-    from export.served_model import ClassifierRuntime
-
     runtime = ClassifierRuntime(stage, settings)
     return np.concatenate([runtime.score(prompts[i : i + batch]) for i in range(0, len(prompts), batch)])
 
 
-def run(opts: ExportOptions) -> dict[str, Any]:
-    from export.onnx_export import copy_artifacts, export_onnx, merge_encoders, parity_check
-    from export.train import (
-        CE3_CLASSES, ce3_classes, load_base, load_encoder, new_ce3_head, predict_embeddings, predict_logits, seed_everything,
-        token_lengths, train_ce3, train_classifier,
-    )
-    from export.served_model import (
-        CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime, RuntimeSettings,
-        variant_file,
-    )
+@dataclass
+class ExportJob:
+    """What the export steps hand each other, in the order they fill it."""
 
-    started = time.monotonic()
-    t = opts.train_options
-    knn = opts.head in ("knn", "ensemble")  # an embedding head: base encoder + kNN vote
-    ensemble = opts.head == "ensemble"
+    opts: ExportOptions
+    started: float
+    models: ModelPair
+    train: RoutingSet
+    val: RoutingSet
+    base_model: Path
+    index_prompts: list[str]  # the kNN index (and the classifier branch's training set)
+    index_rows: np.ndarray  # the training row of each index prompt
+    index_labels: np.ndarray
+    tokenizer: Any = None
+    model: Any = None  # the base model (a sequence classifier when fine-tuned alone)
+    tuned: Any = None  # ensemble: the fine-tuned copy of the encoder
+    clf_head: Any = None  # ensemble: its 3-class head
+    encoder: Any = None  # what is exported: the encoder for embedding heads, else the classifier
+    history: list[dict[str, float]] = field(default_factory=list)
+    torch_out: np.ndarray | None = None  # PyTorch validation embeddings or logits: the parity reference
+    stage: Path | None = None
+    files: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    references: dict[str, Any] = field(default_factory=dict)  # per precision: the numpy head its graph must match
+    parity: Any = None
+    served: dict[str, np.ndarray] = field(default_factory=dict)  # validation scores per precision
+    quantization: Any = None
+
+    @property
+    def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
+        return self.opts.head in ("knn", "ensemble")
+
+    @property
+    def ensemble(self) -> bool:
+        return self.opts.head == "ensemble"
+
+    @property
+    def precisions(self) -> list[str]:
+        return ["fp32", "int8"] if self.opts.precision == "int8" else ["fp32"]
+
+    def settings(self, precision: str) -> Any:
+        return RuntimeSettings(device="cpu", intra_op_threads=self.opts.train_options.threads, precision=precision)
+
+
+def load_job(opts: ExportOptions) -> ExportJob:
+    """Data and the kNN index: the training prompts and, augmented, their question-only copies."""
     models = load_models(opts.models_json)
     train = load_routing_set(opts.train, models, opts.limit_train)
     val = load_routing_set(opts.val, models, opts.limit_val)
-    base_model = opts.base_model or default_base_model()
     log(f">> data: {len(train)} train / {len(val)} val prompts; weak={models.weak!r} strong={models.strong!r}; "
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
-
-    # kNN index: the training prompts and, augmented, their question-only copies (same labels)
     if opts.augment == "question-only":
         index_prompts, index_rows = with_question_only(train.prompts)
     else:
         index_prompts, index_rows = list(train.prompts), np.arange(len(train))
-    index_labels = knn_labels(train, opts.knn_label)[index_rows]
+    return ExportJob(opts=opts, started=time.monotonic(), models=models, train=train, val=val,
+                     base_model=opts.base_model or default_base_model(), index_prompts=index_prompts,
+                     index_rows=index_rows, index_labels=knn_labels(train, opts.knn_label)[index_rows])
 
+
+def fine_tune(job: ExportJob) -> None:
+    """[1/5] Load the base model and fine-tune what the head needs (nothing for --head knn)."""
+    from export.train import (ce3_classes, load_base, load_encoder, new_ce3_head, seed_everything, token_lengths,
+                              train_ce3, train_classifier)
+
+    t = job.opts.train_options
     seed_everything(t.seed)  # the classification head's initialisation
-    history: list[dict[str, float]] = []
-    tuned: Any = None
-    if t.epochs > 0 and not ensemble:
-        tokenizer, model = load_base(base_model)
+    if t.epochs > 0 and not job.ensemble:
+        job.tokenizer, job.model = load_base(job.base_model)
     else:
-        tokenizer, model = load_encoder(base_model)
-    lengths = token_lengths(tokenizer, train.prompts)
+        job.tokenizer, job.model = load_encoder(job.base_model)
+    lengths = token_lengths(job.tokenizer, job.train.prompts)
     log(f">> train token lengths: median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
         f"max {int(lengths.max())}; {np.mean(lengths > t.max_length):.1%} truncated at {t.max_length}")
-    if ensemble:
+    if job.ensemble:
         # The classifier branch trains on the same prompts as the kNN index (question-only copies included).
-        _, tuned = load_encoder(base_model)
-        clf_head = new_ce3_head(tuned.config.hidden_size, t.seed)
-        log(f">> [1/5] fine-tuning the classifier branch on {len(index_prompts)} prompts: 3 classes (weak better / tie "
-            f"/ strong better), {t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, lr {t.lr}, "
+        _, job.tuned = load_encoder(job.base_model)
+        job.clf_head = new_ce3_head(job.tuned.config.hidden_size, t.seed)
+        log(f">> [1/5] fine-tuning the classifier branch on {len(job.index_prompts)} prompts: 3 classes (weak better "
+            f"/ tie / strong better), {t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, lr {t.lr}, "
             f"frozen layers {t.freeze_layers}, {t.threads} threads")
-        history = train_ce3(tokenizer, tuned, clf_head, index_prompts,
-                            ce3_classes(train.weak, train.strong)[index_rows], t, log)
+        job.history = train_ce3(job.tokenizer, job.tuned, job.clf_head, job.index_prompts,
+                                ce3_classes(job.train.weak, job.train.strong)[job.index_rows], t, log)
     elif t.epochs > 0:
-        log(f">> [1/5] fine-tuning {base_model} ({t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, "
-            f"lr {t.lr}, frozen layers {t.freeze_layers}, {t.threads} threads)")
-        history = train_classifier(tokenizer, model, train, t, log)
+        log(f">> [1/5] fine-tuning {job.base_model} ({t.epochs} epochs, max_length {t.max_length}, batch "
+            f"{t.batch_size}, lr {t.lr}, frozen layers {t.freeze_layers}, {t.threads} threads)")
+        job.history = train_classifier(job.tokenizer, job.model, job.train, t, log)
     else:
-        log(f">> [1/5] no fine-tuning: base encoder {base_model} as is (max_length {t.max_length})")
-    encoder = getattr(model, model.base_model_prefix) if (knn and t.epochs > 0 and not ensemble) else model
+        log(f">> [1/5] no fine-tuning: base encoder {job.base_model} as is (max_length {t.max_length})")
+    fine_tuned_alone = job.knn and t.epochs > 0 and not job.ensemble
+    job.encoder = getattr(job.model, job.model.base_model_prefix) if fine_tuned_alone else job.model
 
-    log(">> [2/5] PyTorch validation " + ("embeddings" if knn else "scores"))
-    if knn:
+
+def torch_reference(job: ExportJob) -> None:
+    """[2/5] PyTorch's validation outputs, which the exported graph must reproduce."""
+    from export.train import predict_embeddings, predict_logits
+
+    t = job.opts.train_options
+    log(">> [2/5] PyTorch validation " + ("embeddings" if job.knn else "scores"))
+    if job.knn:
         import torch
 
         torch.set_num_threads(max(1, t.threads))
-        torch_out = predict_embeddings(encoder, tokenizer, val.prompts, t.max_length)
-        if ensemble:
-            torch_out = np.concatenate([torch_out, predict_embeddings(tuned, tokenizer, val.prompts, t.max_length)], 1)
+        out = predict_embeddings(job.encoder, job.tokenizer, job.val.prompts, t.max_length)
+        if job.ensemble:
+            out = np.concatenate([out, predict_embeddings(job.tuned, job.tokenizer, job.val.prompts, t.max_length)], 1)
+        job.torch_out = out
     else:
-        torch_out = predict_logits(model, tokenizer, val.prompts, t.max_length)
+        job.torch_out = predict_logits(job.model, job.tokenizer, job.val.prompts, t.max_length)
 
-    ensure_model_config(opts.model_dir)
-    stage = repository.staging_dir(opts.model_dir)
-    try:
-        with tempfile.TemporaryDirectory(prefix="router-export-") as work:
-            hf_dir, onnx_dir = Path(work) / "hf", Path(work) / "onnx"
-            encoder.save_pretrained(hf_dir) if knn else model.save_pretrained(hf_dir)
-            tokenizer.save_pretrained(hf_dir)
-            task = "feature-extraction" if knn else "text-classification"
-            log(f">> [3/5] ONNX export (optimum, task {task})")
-            if ensemble:
-                export_onnx(hf_dir, Path(work) / "onnx-base", task=task)
-                tuned.save_pretrained(Path(work) / "hf-tuned")
-                export_onnx(Path(work) / "hf-tuned", Path(work) / "onnx-tuned", task=task)
-                onnx_dir.mkdir()
-                merged = merge_encoders(Path(work) / "onnx-base" / "model.onnx", Path(work) / "onnx-tuned" / "model.onnx",
-                                        onnx_dir / "model.onnx")
-                log(f">> [3/5] merged both encoders into one graph: {merged['nodes_before']} -> "
-                    f"{merged['nodes_after']} nodes, {merged['shared_initializers']} weight tensors shared")
-            else:
-                export_onnx(hf_dir, onnx_dir, task=task)
-            files = copy_artifacts(hf_dir, onnx_dir, stage)
-        shutil.copy2(TEMPLATE, stage / "model.py")
-        metadata = _metadata(opts, models, train, val, base_model, history, tokenizer)
-        _write_json(stage / "metadata.json", metadata)
 
-        fp32_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="fp32")
-        int8_settings = RuntimeSettings(device="cpu", intra_op_threads=t.threads, precision="int8")
-        precisions = ["fp32", "int8"] if opts.precision == "int8" else ["fp32"]
-        if opts.precision == "int8":
-            from export.onnx_export import quantize_int8
+def export_graph(job: ExportJob) -> None:
+    """[3/5] ONNX export (optimum; the ensemble's two encoders merged into one graph), staged with
+    the tokenizer, the Triton model code and metadata.json."""
+    from export.onnx_export import copy_artifacts, export_onnx, merge_encoders
 
-            # Quantize the encoder before a head is attached: the head's index and classifier stay fp32.
-            log(">> [3/5] int8: dynamic quantization into model.int8.onnx (onnxruntime; model.onnx stays fp32 "
-                "for GPUs)")
-            int8_model = variant_file(MODEL_FILE, "int8")
-            quantize_int8(stage / MODEL_FILE, stage / int8_model)
-            files.append(int8_model)
-            # The runtime serves int8 on CPU from here on (ClassifierRuntime.choose_precision).
-            metadata |= {"precision": "int8", "precisions": precisions}
-            _write_json(stage / "metadata.json", metadata)
-        branch = None
-        if ensemble:
-            linear = clf_head[1]
-            branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
-                                      linear.bias.detach().numpy().astype(np.float64), torch_out)
-        width = encoder.config.hidden_size
-        references: dict[str, Any] = {}  # per precision: the numpy head its graph must match
-        if knn:
-            metadata["head"] = {
-                "type": "embedding", "in_graph": True, "outputs": [KNN_OUTPUT] + ([CLF_OUTPUT] if ensemble else []),
-                "pooling": "mean", "center": opts.knn_center, "normalize": True,
-                "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if ensemble else 1.0,
-                "label": opts.knn_label, "n_train": len(train), "n_index": len(index_prompts),
-                "augment": opts.augment,
-                "description": "score = weighted mean of the k nearest index prompts' labels (cosine similarity of "
-                               "mean-pooled embeddings"
-                               + (", centred on the index mean" if opts.knn_center == "mean" else "")
-                               + "; flat weights ramping to 0 at the (k+1)-th); labels: "
-                               + ("(strong - weak + 1) / 2" if opts.knn_label == "gap" else "strong beats weak"),
-            }
-            metadata["label_definition"] += (" With the kNN head the score is the neighbours' mean label: "
-                                             + ("E[(strong - weak + 1) / 2], which orders prompts like "
-                                                "P(strong needed) - P(weak needed)." if opts.knn_label == "gap"
-                                                else "the share of similar training prompts where the strong "
-                                                     "model won."))
-            if ensemble:
-                metadata["head"]["classifier"] = {
-                    "output": CLF_OUTPUT, "objective": "ce3", "classes": list(CE3_CLASSES),
-                    "freeze_layers": t.freeze_layers, "rank_reference": f"{len(val)} validation prompts (PyTorch)",
-                    "description": "fine-tuned copy of the encoder (lower layers frozen and shared) + linear head on "
-                                   "its mean-pooled output; branch score P(strong better) - P(weak better); served "
-                                   "score = knn_weight * rank(kNN) + (1 - knn_weight) * rank(classifier)",
-                }
-                metadata["label_definition"] += (" The ensemble serves a rank blend of that vote and a fine-tuned "
-                                                 "classifier's P(strong better) - P(weak better).")
-            _write_json(stage / "metadata.json", metadata)
-            for precision in precisions:
-                log(f">> [3/5] {precision}: embedding {len(index_prompts)} training prompts ({len(train)} + "
-                    f"question-only copies: {opts.augment}) through the exported encoder (served code path), then "
-                    "appending the head to its graph")
-                settings = fp32_settings if precision == "fp32" else int8_settings
-                references[precision], written = _attach_head(
-                    stage, ClassifierRuntime(stage, settings, with_head=False), index_prompts, index_labels, width, opts,
-                    branch)
-                files.extend(written)
+    assert job.stage is not None
+    task = "feature-extraction" if job.knn else "text-classification"
+    with tempfile.TemporaryDirectory(prefix="router-export-") as tmp:
+        work = Path(tmp)
+        hf_dir, onnx_dir = work / "hf", work / "onnx"
+        job.encoder.save_pretrained(hf_dir) if job.knn else job.model.save_pretrained(hf_dir)
+        job.tokenizer.save_pretrained(hf_dir)
+        log(f">> [3/5] ONNX export (optimum, task {task})")
+        if job.ensemble:
+            export_onnx(hf_dir, work / "onnx-base", task=task)
+            job.tuned.save_pretrained(work / "hf-tuned")
+            export_onnx(work / "hf-tuned", work / "onnx-tuned", task=task)
+            onnx_dir.mkdir()
+            merged = merge_encoders(work / "onnx-base" / "model.onnx", work / "onnx-tuned" / "model.onnx",
+                                    onnx_dir / "model.onnx")
+            log(f">> [3/5] merged both encoders into one graph: {merged['nodes_before']} -> "
+                f"{merged['nodes_after']} nodes, {merged['shared_initializers']} weight tensors shared")
+        else:
+            export_onnx(hf_dir, onnx_dir, task=task)
+        job.files = copy_artifacts(hf_dir, onnx_dir, job.stage)
+    shutil.copy2(TEMPLATE, job.stage / "model.py")
+    job.metadata = _metadata(job.opts, job.models, job.train, job.val, job.base_model, job.history, job.tokenizer)
+    _write_json(job.stage / "metadata.json", job.metadata)
 
-        log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(val)} val prompts")
-        runtime = ClassifierRuntime(stage, fp32_settings)
-        parity, scores = parity_check(runtime, tokenizer, torch_out, val.prompts, t.max_length, PARITY_TOLERANCE,
-                                      reference=references.get("fp32"))
-        log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, "
-            f"{'embeddings' if knn else 'logits'} {parity.max_abs_diff_logit:.2e}, "
-            f"token ids equal: {parity.token_ids_equal} (tolerance {PARITY_TOLERANCE:g})")
-        if not parity.ok:
-            raise RuntimeError(f"ONNX parity check failed: {parity}")
-        del runtime
 
-        quantization = None
-        served = {"fp32": scores}  # validation scores per precision
-        if opts.precision == "int8":
-            from export.onnx_export import compare_scores
+def quantize(job: ExportJob) -> None:
+    """[3/5] int8: a dynamic-quantized copy of the encoder (before any head is attached: the head's
+    index and classifier stay fp32), which the runtime serves on CPU from here on."""
+    from export.onnx_export import quantize_int8
 
-            log(">> [4/5] int8: checking the int8 model's scores against fp32")
-            served["int8"] = _served_scores(stage, int8_settings, val.prompts)
-            quantization = compare_scores(
-                scores, served["int8"], metrics.routing_metrics(scores, val.weak, val.strong).apgr,
-                metrics.routing_metrics(served["int8"], val.weak, val.strong).apgr, INT8_MIN_SPEARMAN)
-            log(f">> int8 vs fp32 on {len(val)} val prompts: Spearman {quantization.spearman:.4f}, max abs score "
-                f"diff {quantization.max_abs_diff_score:.3f}, APGR {quantization.apgr_int8:.4f} (fp32 "
-                f"{quantization.apgr_fp32:.4f}); {int8_model} {(stage / int8_model).stat().st_size / 1e6:.1f} MB")
-            if not quantization.ok:
-                raise RuntimeError(f"int8 model ranks prompts unlike fp32 (Spearman {quantization.spearman:.3f} < "
-                                   f"{INT8_MIN_SPEARMAN}): export with --precision fp32")
+    assert job.stage is not None
+    log(">> [3/5] int8: dynamic quantization into model.int8.onnx (onnxruntime; model.onnx stays fp32 "
+        "for GPUs)")
+    int8_model = variant_file(MODEL_FILE, "int8")
+    quantize_int8(job.stage / MODEL_FILE, job.stage / int8_model)
+    job.files.append(int8_model)
+    job.metadata |= {"precision": "int8", "precisions": job.precisions}
+    _write_json(job.stage / "metadata.json", job.metadata)
 
-        # Calibrations served with the version, one per precision: the validation prompts' served
-        # scores, sorted. "router" metrics and thresholds are the CPU default's (int8 when exported).
-        thresholds = {}
-        for precision, values in served.items():
-            name = variant_file(CALIBRATION_FILE, precision)
-            np.save(stage / name, np.sort(values.astype(np.float32)))
-            files.append(name)
-            calibration = Calibration(np.load(stage / name))
-            # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
-            thresholds[precision] = {f"{s:.0%}": round(calibration.threshold_for_share(s), 6)
-                                     for s in CALIBRATION_SHARES}
-        scores = served[metadata["precision"]]
-        router = metrics.routing_metrics(scores, val.weak, val.strong)
-        rand = metrics.random_metrics(val.weak, val.strong)
-        metadata["validation"] = {
-            "precision": metadata["precision"], "router": router.as_dict(), "random": rand.as_dict(),
-            "fp32": metrics.routing_metrics(served["fp32"], val.weak, val.strong).as_dict(),
-            "parity": asdict(parity),  # fp32 ONNX vs PyTorch
-            "int8_vs_fp32": None if quantization is None else asdict(quantization),
-            "score_threshold_for_strong_share": thresholds[metadata["precision"]],
-            "score_threshold_for_strong_share_by_precision": thresholds,
+
+def _head_metadata(job: ExportJob) -> None:
+    from export.train import CE3_CLASSES
+
+    opts, t = job.opts, job.opts.train_options
+    job.metadata["head"] = {
+        "type": "embedding", "in_graph": True, "outputs": [KNN_OUTPUT] + ([CLF_OUTPUT] if job.ensemble else []),
+        "pooling": "mean", "center": opts.knn_center, "normalize": True,
+        "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if job.ensemble else 1.0,
+        "label": opts.knn_label, "n_train": len(job.train), "n_index": len(job.index_prompts),
+        "augment": opts.augment,
+        "description": "score = weighted mean of the k nearest index prompts' labels (cosine similarity of "
+                       "mean-pooled embeddings"
+                       + (", centred on the index mean" if opts.knn_center == "mean" else "")
+                       + "; flat weights ramping to 0 at the (k+1)-th); labels: "
+                       + ("(strong - weak + 1) / 2" if opts.knn_label == "gap" else "strong beats weak"),
+    }
+    job.metadata["label_definition"] += (" With the kNN head the score is the neighbours' mean label: "
+                                         + ("E[(strong - weak + 1) / 2], which orders prompts like "
+                                            "P(strong needed) - P(weak needed)." if opts.knn_label == "gap"
+                                            else "the share of similar training prompts where the strong "
+                                                 "model won."))
+    if job.ensemble:
+        job.metadata["head"]["classifier"] = {
+            "output": CLF_OUTPUT, "objective": "ce3", "classes": list(CE3_CLASSES),
+            "freeze_layers": t.freeze_layers, "rank_reference": f"{len(job.val)} validation prompts (PyTorch)",
+            "description": "fine-tuned copy of the encoder (lower layers frozen and shared) + linear head on "
+                           "its mean-pooled output; branch score P(strong better) - P(weak better); served "
+                           "score = knn_weight * rank(kNN) + (1 - knn_weight) * rank(classifier)",
         }
-        metadata["calibration"] = {"files": {p: variant_file(CALIBRATION_FILE, p) for p in served},
-                                   "set": "validation prompts", "n": len(scores), "path": str(opts.val)}
-        metadata["export_seconds"] = round(time.monotonic() - started, 1)
-        _write_json(stage / "metadata.json", metadata)
+        job.metadata["label_definition"] += (" The ensemble serves a rank blend of that vote and a fine-tuned "
+                                             "classifier's P(strong better) - P(weak better).")
 
+
+def attach_heads(job: ExportJob) -> None:
+    """[3/5] Embedding heads: per precision, embed the index through that precision's exported
+    encoder (the served code path) and append the head to its graph."""
+    assert job.stage is not None
+    _head_metadata(job)
+    _write_json(job.stage / "metadata.json", job.metadata)
+    branch = None
+    if job.ensemble:
+        linear = job.clf_head[1]
+        branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
+                                  linear.bias.detach().numpy().astype(np.float64), job.torch_out)
+    for precision in job.precisions:
+        log(f">> [3/5] {precision}: embedding {len(job.index_prompts)} training prompts ({len(job.train)} + "
+            f"question-only copies: {job.opts.augment}) through the exported encoder (served code path), then "
+            "appending the head to its graph")
+        job.references[precision], written = _attach_head(
+            job.stage, ClassifierRuntime(job.stage, job.settings(precision), with_head=False), job.index_prompts,
+            job.index_labels, job.encoder.config.hidden_size, job.opts, branch)
+        job.files.extend(written)
+
+
+def check_parity(job: ExportJob) -> None:
+    """[4/5] The staged directory, through the served code path (tokenizers + onnxruntime), must
+    reproduce PyTorch on the validation prompts."""
+    from export.onnx_export import parity_check
+
+    t = job.opts.train_options
+    log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(job.val)} val "
+        "prompts")
+    runtime = ClassifierRuntime(job.stage, job.settings("fp32"))
+    job.parity, job.served["fp32"] = parity_check(runtime, job.tokenizer, job.torch_out, job.val.prompts,
+                                                  t.max_length, PARITY_TOLERANCE,
+                                                  reference=job.references.get("fp32"))
+    parity = job.parity
+    log(f">> parity: max abs diff probability {parity.max_abs_diff_prob:.2e}, "
+        f"{'embeddings' if job.knn else 'logits'} {parity.max_abs_diff_logit:.2e}, "
+        f"token ids equal: {parity.token_ids_equal} (tolerance {PARITY_TOLERANCE:g})")
+    if not parity.ok:
+        raise RuntimeError(f"ONNX parity check failed: {parity}")
+
+
+def check_int8(job: ExportJob) -> None:
+    """[4/5] The int8 model must rank the validation prompts like fp32."""
+    from export.onnx_export import compare_scores
+
+    assert job.stage is not None
+    log(">> [4/5] int8: checking the int8 model's scores against fp32")
+    fp32 = job.served["fp32"]
+    job.served["int8"] = int8 = _served_scores(job.stage, job.settings("int8"), job.val.prompts)
+    q = job.quantization = compare_scores(
+        fp32, int8, metrics.routing_metrics(fp32, job.val.weak, job.val.strong).apgr,
+        metrics.routing_metrics(int8, job.val.weak, job.val.strong).apgr, INT8_MIN_SPEARMAN)
+    int8_model = variant_file(MODEL_FILE, "int8")
+    log(f">> int8 vs fp32 on {len(job.val)} val prompts: Spearman {q.spearman:.4f}, max abs score diff "
+        f"{q.max_abs_diff_score:.3f}, APGR {q.apgr_int8:.4f} (fp32 {q.apgr_fp32:.4f}); {int8_model} "
+        f"{(job.stage / int8_model).stat().st_size / 1e6:.1f} MB")
+    if not q.ok:
+        raise RuntimeError(f"int8 model ranks prompts unlike fp32 (Spearman {q.spearman:.3f} < "
+                           f"{INT8_MIN_SPEARMAN}): export with --precision fp32")
+
+
+def calibrate(job: ExportJob) -> Any:
+    """Calibrations served with the version, one per precision (the validation prompts' served
+    scores, sorted), and the validation metrics of the CPU default (int8 when exported)."""
+    assert job.stage is not None
+    val = job.val
+    thresholds = {}
+    for precision, values in job.served.items():
+        name = variant_file(CALIBRATION_FILE, precision)
+        np.save(job.stage / name, np.sort(values.astype(np.float32)))
+        job.files.append(name)
+        calibration = Calibration(np.load(job.stage / name))
+        # The same thresholds as the served `calibration` output (float32 scores of the val prompts).
+        thresholds[precision] = {f"{s:.0%}": round(calibration.threshold_for_share(s), 6) for s in CALIBRATION_SHARES}
+    scores = job.served[job.metadata["precision"]]
+    router = metrics.routing_metrics(scores, val.weak, val.strong)
+    job.metadata["validation"] = {
+        "precision": job.metadata["precision"], "router": router.as_dict(),
+        "random": metrics.random_metrics(val.weak, val.strong).as_dict(),
+        "fp32": metrics.routing_metrics(job.served["fp32"], val.weak, val.strong).as_dict(),
+        "parity": asdict(job.parity),  # fp32 ONNX vs PyTorch
+        "int8_vs_fp32": None if job.quantization is None else asdict(job.quantization),
+        "score_threshold_for_strong_share": thresholds[job.metadata["precision"]],
+        "score_threshold_for_strong_share_by_precision": thresholds,
+    }
+    job.metadata["calibration"] = {"files": {p: variant_file(CALIBRATION_FILE, p) for p in job.served},
+                                   "set": "validation prompts", "n": len(scores), "path": str(job.opts.val)}
+    job.metadata["export_seconds"] = round(time.monotonic() - job.started, 1)
+    _write_json(job.stage / "metadata.json", job.metadata)
+    return router
+
+
+def run(opts: ExportOptions) -> dict[str, Any]:
+    """Every step in order; the staged version is published only when all of them passed."""
+    job = load_job(opts)
+    fine_tune(job)
+    torch_reference(job)
+    ensure_model_config(opts.model_dir)
+    job.stage = repository.staging_dir(opts.model_dir)
+    try:
+        export_graph(job)
+        if opts.precision == "int8":
+            quantize(job)
+        if job.knn:
+            attach_heads(job)
+        check_parity(job)
+        if opts.precision == "int8":
+            check_int8(job)
+        router = calibrate(job)
         log(f">> [5/5] publishing a new version under {opts.model_dir}")
-        published = repository.publish(stage, opts.model_dir)
+        published = repository.publish(job.stage, opts.model_dir)
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(job.stage, ignore_errors=True)
         raise
-    for name in sorted([*files, "model.py", "metadata.json"]):
+    for name in sorted([*job.files, "model.py", "metadata.json"]):
         path = published / name
         log(f"   wrote {path} ({path.stat().st_size:,} bytes)")
     keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")
+    rand = metrics.random_metrics(job.val.weak, job.val.strong)
     return {
         "version": int(published.name), "path": str(published), "n": router.n,
         **{k: _round(router.as_dict()[k]) for k in keys},
         "random": {k: _round(rand.as_dict()[k]) for k in keys},
-        "parity_max_abs_diff": parity.max_abs_diff_prob, "precision": opts.precision,
-        **({} if quantization is None else {"int8_spearman_vs_fp32": round(quantization.spearman, 4)}),
-        "seconds": round(time.monotonic() - started, 1),
+        "parity_max_abs_diff": job.parity.max_abs_diff_prob, "precision": opts.precision,
+        **({} if job.quantization is None else {"int8_spearman_vs_fp32": round(job.quantization.spearman, 4)}),
+        "seconds": round(time.monotonic() - job.started, 1),
     }
 
 
