@@ -69,14 +69,9 @@ class OpenAITarget:
         try:
             body = resp.json()
             choice = body["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            text, extra = _content(choice, request.is_chat, "message")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise TargetError(f"target '{self.name}' sent a malformed completion", 502) from exc
-        if request.is_chat:
-            message = choice.get("message") or {}
-            text = message.get("content") or ""
-            extra = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
-        else:
-            text, extra = choice.get("text") or "", {}
         return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
                           usage=self._usage(body) or Usage(), message_extra=extra,
                           choice_extra=_choice_extra(choice))
@@ -92,16 +87,19 @@ class OpenAITarget:
                 for event in iter_sse_json(resp, self.name):
                     usage = self._usage(event)
                     for choice in event.get("choices") or []:
-                        if request.is_chat:
-                            delta = choice.get("delta") or {}
-                            text = delta.get("content") or ""
-                            extra = {k: v for k, v in delta.items() if k not in ("role", "content") and v is not None}
-                        else:
-                            text, extra = choice.get("text") or "", {}
+                        text, extra = _content(choice, request.is_chat, "delta")
                         yield Chunk(text=text, finish_reason=choice.get("finish_reason"), delta_extra=extra,
                                     choice_extra=_choice_extra(choice))
                     if usage is not None:
                         yield Chunk(usage=usage)
+
+
+def _content(choice: dict[str, Any], is_chat: bool, key: str) -> tuple[str, dict[str, Any]]:
+    """A choice's text and, for chat, the other fields of its ``message`` / ``delta`` (tool_calls, ...)."""
+    if not is_chat:
+        return choice.get("text") or "", {}
+    part = choice.get(key) or {}
+    return part.get("content") or "", {k: v for k, v in part.items() if k not in ("role", "content") and v is not None}
 
 
 def _choice_extra(choice: dict[str, Any]) -> dict[str, Any]:
