@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export eval bench test helm helm-lint helm-template clean
+.PHONY: help install install-all run export eval cv bench test helm helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -58,13 +58,16 @@ run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router
 	fi
 	$(PY) -m local_stack.stack --model-repository $(MODEL_REPOSITORY) --config $(CONFIG)
 
-export: $(STAMP_ALL) ## Train the router model (kNN vote + fine-tuned classifier branch, ~13 min on 2 cores), export to ONNX (fp32 + int8), write a new version
+export: $(STAMP_ALL) ## Train the router model (kNN vote + prompt features on MMLU and LLMRouter data, ~15 min on 2 cores), export to ONNX (fp32 + int8), write a new version
 	$(PY) -m export --data-dir $(ROUTING_DATA) --model-repository $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 DATA ?= $(ROUTING_DATA)/mmlu-val.jsonl
 SCORES ?= .eval/scores.jsonl
 eval: $(STAMP_ALL) ## Score DATA with the served router model; writes SCORES, a plot and prints metrics
 	$(PY) -m export.evaluate --data $(DATA) --scores $(SCORES) --model-repository $(MODEL_REPOSITORY) $(EVAL_ARGS)
+
+cv: $(STAMP_ALL) ## Cross-validate the router-model candidates on the training files (random and held-out-subject/task folds), then score the validation files once; CV_ARGS for options
+	$(PY) -m export.cv --data-dir $(ROUTING_DATA) $(CV_ARGS)
 
 bench: $(STAMP_ALL) ## Latency/throughput benchmarks (router overhead, classifier, LLM tokens/s)
 	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) $(BENCH_ARGS)

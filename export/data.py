@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class RoutingSet:
     prompts: list[str]
     weak: NDArray[np.float64]
     strong: NDArray[np.float64]
+    sources: list[str] = field(default_factory=list)  # per prompt: `source` (MMLU subject, LLMRouter task, ...)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,6 +60,7 @@ def load_routing_set(path: Path, models: ModelPair, limit: int | None = None) ->
     prompts: list[str] = []
     weak: list[float] = []
     strong: list[float] = []
+    sources: list[str] = []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -72,11 +74,30 @@ def load_routing_set(path: Path, models: ModelPair, limit: int | None = None) ->
                 prompts.append(str(rec["prompt"]))
                 weak.append(float(scores[models.weak]))
                 strong.append(float(scores[models.strong]))
+                sources.append(str(rec.get("source", path.stem)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{line_no}: bad record ({exc!r})") from exc
     if not ids:
         raise ValueError(f"{path}: no records")
-    return RoutingSet(path, ids, prompts, np.asarray(weak), np.asarray(strong))
+    return RoutingSet(path, ids, prompts, np.asarray(weak), np.asarray(strong), sources)
+
+
+def models_file_for(path: Path, default: Path) -> Path:
+    """The models file of a routing file: ``<prefix>-models.json`` beside ``<prefix>-train.jsonl``
+    (or ``-val``, ``-ood``), as the shipped LLMRouter and ZeroEval files have; else ``default``."""
+    prefix = path.name.split("-")[0]
+    candidate = path.with_name(f"{prefix}-models.json")
+    return candidate if prefix != path.name and candidate.is_file() else default
+
+
+def combine(sets: list[RoutingSet]) -> RoutingSet:
+    """Several files as one training set; each keeps the scores of its own default pair, so the
+    labels ask the same question everywhere: does this prompt need its stronger model?"""
+    if len(sets) == 1:
+        return sets[0]
+    return RoutingSet(sets[0].path, sum((s.ids for s in sets), []), sum((s.prompts for s in sets), []),
+                      np.concatenate([s.weak for s in sets]), np.concatenate([s.strong for s in sets]),
+                      sum((s.sources for s in sets), []))
 
 
 def sha256_file(path: Path) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from export import metrics, repository
 from export.served_model import load_module
-from export.data import MODELS_FILE, chat_rewrite, load_models, load_routing_set, strip_choices
+from export.data import MODELS_FILE, chat_rewrite, load_models, load_routing_set, models_file_for, strip_choices
 
 BATCH = 64
 REWRITES = ("none", "question-only", "chat")
@@ -115,7 +115,7 @@ def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.nda
 def run(opts: EvaluateOptions) -> dict[str, Any]:
     model_dir = opts.model_repository / opts.model_name
     version_dir = repository.version_dir(model_dir, opts.version)
-    models = load_models(opts.models_json or opts.data.parent / MODELS_FILE)
+    models = load_models(opts.models_json or models_file_for(opts.data, opts.data.parent / MODELS_FILE))
     data = load_routing_set(opts.data, models)
     ids, prompts = data.ids, data.prompts  # only the prompt goes to the model
     if opts.rewrite == "question-only":
@@ -149,9 +149,30 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     def r4(v: Any) -> Any:
         return round(v, 4) if isinstance(v, float) else v
 
-    return {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
-            "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
-            "rewrite": opts.rewrite}
+    result = {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
+              "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
+              "rewrite": opts.rewrite}
+    per_source = _per_source_apgr(data, scores)
+    if len(per_source) > 1:  # a file of several tasks: each task alone, and their mean
+        result["per_source_apgr"] = per_source
+        result["macro_apgr"] = r4(float(np.mean(list(per_source.values()))))
+    # What the export's cross-validation on training data says of the served recipe (docs/router-quality.md).
+    cv = runtime.metadata.get("cv")
+    if cv:
+        result["served_version_cv_apgr"] = {f"{protocol}/{part}": r4(row["apgr"]) for protocol, rows in cv.items()
+                                            for part, row in rows.items()}
+    return result
+
+
+def _per_source_apgr(data: Any, scores: np.ndarray) -> dict[str, float]:
+    """APGR per ``source`` where the stronger model is better at all (else APGR means nothing)."""
+    sources = np.array(data.sources)
+    out = {}
+    for source in sorted(set(data.sources)):
+        rows = sources == source
+        if rows.sum() >= 10 and data.strong[rows].mean() > data.weak[rows].mean() + 0.02:
+            out[source] = round(metrics.apgr(scores[rows], data.weak[rows], data.strong[rows]), 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,7 +202,7 @@ def parity_check(
         runs = [runtime.run(prompts[i : i + batch_size], names) for i in range(0, len(prompts), batch_size)]
         branches = [np.concatenate([r[j] for r in runs]) for j in range(len(names) - 1)]
         logits = np.concatenate([r[-1] for r in runs])
-        probs = runtime.score_from(branches[0], branches[1] if len(branches) == 2 else None)
+        probs = runtime.score_from(branches[0], branches[1] if len(branches) == 2 else None, prompts)
         # Compared per branch score (kNN vote, classifier): the ensemble's rank blend maps a 1e-7
         # score difference to a rank difference as steep as the reference scores are dense.
         compared = np.concatenate(branches)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.served_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT
+from export.served_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT, SUPPORT_OUTPUT
+
+
+SUPPORT_K = 10  # neighbours whose mean similarity measures how familiar a prompt is
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -66,6 +69,14 @@ class EmbeddingHead:
 
     def knn(self, emb: np.ndarray) -> np.ndarray:
         """The vote for embeddings already in index space (``embed``)."""
+        return self.vote(emb)[0]
+
+    def vote(self, emb: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(the vote, its support) for embeddings in index space; support = the mean cosine
+        similarity of the ``SUPPORT_K`` nearest index prompts: how familiar the prompt is."""
+        if len(emb) > batch:  # bounded memory: [batch, index] similarities at a time
+            parts = [self.vote(emb[i : i + batch], batch) for i in range(0, len(emb), batch)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         sims = emb @ self.embeddings.T  # cosine similarities [n, train]
         k, n = self.k, sims.shape[1]
         top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
@@ -81,7 +92,7 @@ class EmbeddingHead:
             w = np.ones_like(s[:, :k])
         total = w.sum(axis=1)
         mean = np.where(total > 0, (w * labels).sum(axis=1) / np.maximum(total, 1e-30), labels.mean(axis=1))
-        return mean.astype(np.float64)
+        return mean.astype(np.float64), s[:, : min(SUPPORT_K, s.shape[1])].mean(axis=1).astype(np.float64)
 
     def classifier(self, pooled_ft: np.ndarray) -> np.ndarray:
         """The classifier branch: P(strong better) - P(weak better), in [-1, 1]."""
@@ -103,7 +114,8 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
                 hidden_outputs: tuple[str, ...] = ("last_hidden_state", "ft_last_hidden_state")) -> dict[str, int]:
     """Write ``out``: the encoder graph at ``encoder`` plus ``head`` as ONNX nodes. Outputs become
     ``pooled`` [batch, dim] (mean-pooled embeddings, both branches side by side: what the parity
-    check compares), ``knn_score`` [batch] and, for the ensemble, ``clf_score`` [batch]; the hidden
+    check compares), ``knn_score`` [batch], ``knn_support`` [batch] (how familiar the prompt is:
+    the mean similarity of its nearest index prompts) and, for the ensemble, ``clf_score`` [batch]; the hidden
     states stay internal. The index is stored as a float32 initializer (fp32 even in the int8 model:
     attach after quantizing). Returns the index size."""
     import onnx
@@ -172,7 +184,13 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
     else:  # fewer index prompts than k + 1: plain mean (as EmbeddingHead.knn)
         knn = plain
     nodes.append(helper.make_node("Identity", [knn], [KNN_OUTPUT], name="head/knn_out"))
-    outputs = [helper.make_tensor_value_info(KNN_OUTPUT, TensorProto.FLOAT, ["batch_size"])]
+    # Support: the mean similarity of the nearest SUPPORT_K index prompts (as EmbeddingHead.vote).
+    m = min(SUPPORT_K, k + 1 if ramped else k)
+    support_sum = op("ReduceSum", [columns("head/top_s", 0, m, "support_s"), axis1], "support_sum", keepdims=0)
+    nodes.append(helper.make_node("Div", [support_sum, const("support_k", np.float32(m))], [SUPPORT_OUTPUT],
+                                  name="head/support_out"))
+    outputs = [helper.make_tensor_value_info(KNN_OUTPUT, TensorProto.FLOAT, ["batch_size"]),
+               helper.make_tensor_value_info(SUPPORT_OUTPUT, TensorProto.FLOAT, ["batch_size"])]
 
     if head.clf_w is not None:
         assert head.clf_b is not None

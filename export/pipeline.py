@@ -27,17 +27,19 @@ import numpy as np
 
 from export import metrics, repository
 from export.data import (
-    DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, load_models, load_routing_set,
-    sha256_file, with_question_only,
+    DEFAULT_DATA_DIR, MODELS_FILE, TRAIN_FILE, VAL_FILE, ModelPair, RoutingSet, combine, load_models,
+    load_routing_set, models_file_for, sha256_file, with_question_only,
 )
 from export.served_model import (
-    CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, KNN_OUTPUT, MODEL_FILE, Calibration, ClassifierRuntime,
-    RuntimeSettings, variant_file,
+    CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, FEATURE_NAMES, KNN_OUTPUT, MODEL_FILE, Calibration,
+    ClassifierRuntime, RuntimeSettings, SUPPORT_OUTPUT, prompt_features, variant_file,
 )
 from export.served_model import SOURCE as TEMPLATE  # copied into every version
 from export.train import TrainOptions
 
 MODEL_NAME = "router_classifier"
+# Difficulty across tasks (code, math, QA, ...): a second training source for the blend head.
+EXTRA_TRAIN_FILE = "llmrouter-train.jsonl"
 # The committed Triton config, copied into a model repository that has none yet.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME / "config.pbtxt"
 PARITY_TOLERANCE = 1e-4
@@ -67,7 +69,11 @@ class ExportOptions:
     limit_train: int | None
     limit_val: int | None
     train_options: TrainOptions
-    head: str = "ensemble"  # knn: encoder + nearest-neighbour head; ensemble: + fine-tuned 3-class branch; classifier
+    # blend: kNN vote + prompt features (logistic, out of fold), trained on several sources; knn: the
+    # vote alone; ensemble: kNN + fine-tuned 3-class branch (rank blend); classifier: fine-tuned 2-class
+    head: str = "blend"
+    extra_train: tuple[Path, ...] = ()  # more training files, each with its own default pair
+    blend_features: str = "length"  # blend head: which prompt features it weighs (export/cv.py BLEND_FEATURES)
     knn_weight: float = 0.5  # ensemble: the kNN rank's weight in the blend (the classifier's is 1 - it)
     knn_k: int = 200
     knn_ramp: float = 0.25
@@ -97,12 +103,22 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--model-name", default=MODEL_NAME)
     p.add_argument("--base-model", type=Path, help="local Hugging Face model dir (default: all-MiniLM-L6-v2 package)")
-    p.add_argument("--head", choices=("ensemble", "knn", "classifier"), default=ExportOptions.head,
-                   help="ensemble (default): a nearest-neighbour vote over the training prompts' base-encoder "
-                        "embeddings blended by rank with a fine-tuned 3-class classifier (weak better / tie / strong "
-                        "better) that shares the encoder's frozen lower layers; knn: the vote alone (no training, "
-                        "about 1.6x faster to serve); classifier: the fine-tuned 2-class sequence classifier alone "
-                        "(an older default)")
+    p.add_argument("--head", choices=("blend", "ensemble", "knn", "classifier"), default=ExportOptions.head,
+                   help="blend (default): a nearest-neighbour vote over the training prompts' base-encoder "
+                        "embeddings, blended with prompt features (length, code, math, lists, constraints, ...) by a "
+                        "logistic regression fitted on out-of-fold votes (familiar and held-out subjects/tasks), "
+                        "trained on the MMLU file and --extra-train; serves a confidence (how familiar the prompt "
+                        "is) and a calibration from out-of-fold training scores; no fine-tuning. ensemble: the vote "
+                        "blended by rank with a fine-tuned 3-class classifier (the previous default; calibrated on "
+                        "the validation file); knn: the vote alone; classifier: a fine-tuned 2-class classifier")
+    p.add_argument("--extra-train", nargs="*", type=Path,
+                   help="more training files (JSONL), each scored with the default pair of its models file "
+                        "(<prefix>-models.json beside it, for <prefix>-train.jsonl); default for --head blend "
+                        f"without --train: DATA_DIR/{EXTRA_TRAIN_FILE} when present; none: only the training file")
+    p.add_argument("--blend-features", choices=("length", "structure", "all"), default=ExportOptions.blend_features,
+                   help="blend head: the prompt features the blend weighs beside the vote: length (default, chosen "
+                        "by cross-validation: characters, words, lines), structure (also code, math, lists, "
+                        "constraints, steps, digits, non-ASCII), all (also the A-D options and question marks)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: 0 for --head knn, i.e. the base "
                    f"encoder as is; {ENSEMBLE_EPOCHS} for ensemble; {defaults.epochs} for classifier)")
     p.add_argument("--max-length", type=int, help="tokens; longer prompts are truncated (default: "
@@ -137,15 +153,22 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--seed", type=int, default=defaults.seed)
     a = p.parse_args(argv)
     if a.epochs is None:
-        a.epochs = {"knn": 0, "ensemble": ENSEMBLE_EPOCHS}.get(a.head, defaults.epochs)
+        a.epochs = {"knn": 0, "blend": 0, "ensemble": ENSEMBLE_EPOCHS}.get(a.head, defaults.epochs)
     if a.max_length is None:
         a.max_length = defaults.max_length if a.head == "classifier" else KNN_MAX_LENGTH
     if a.lr is None:
         a.lr = ENSEMBLE_LR if a.head == "ensemble" else defaults.lr
     if a.freeze_layers is None:
         a.freeze_layers = ENSEMBLE_FREEZE if a.head == "ensemble" else defaults.freeze_layers
-    if a.epochs < (0 if a.head == "knn" else 1) or a.max_length < 8 or a.batch_size < 1:
-        p.error("--epochs >= 1 (>= 0 with --head knn), --max-length >= 8 and --batch-size >= 1 are required")
+    if a.head == "blend" and (a.epochs != 0 or a.knn_label != "gap"):
+        p.error("--head blend uses the base encoder (--epochs 0) and gap labels (--knn-label gap)")
+    if a.epochs < (0 if a.head in ("knn", "blend") else 1) or a.max_length < 8 or a.batch_size < 1:
+        p.error("--epochs >= 1 (>= 0 with --head knn or blend), --max-length >= 8 and --batch-size >= 1 are required")
+    if a.extra_train is None:
+        # Only with the shipped data: a user's own --train file is not mixed with anything unasked.
+        default = a.data_dir / EXTRA_TRAIN_FILE
+        a.extra_train = [default] if a.head == "blend" and a.train is None and default.is_file() else []
+    extra_train = tuple(f for f in a.extra_train if str(f) != "none")
     if a.knn_k < 1 or not 0 < a.knn_ramp <= 1 or not 0 <= a.knn_weight <= 1:
         p.error("--knn-k >= 1, 0 < --knn-ramp <= 1 and 0 <= --knn-weight <= 1 are required")
     return ExportOptions(
@@ -157,7 +180,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         model_name=a.model_name,
         limit_train=a.limit_train,
         limit_val=a.limit_val,
-        head=a.head, knn_weight=a.knn_weight, knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
+        head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight, knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
         knn_center=a.knn_center, augment=a.augment,
         precision=a.precision,
         train_options=TrainOptions(
@@ -232,28 +255,58 @@ class ClassifierBranch:
     val_pooled: np.ndarray  # [n_val, 2 * dim]: base | fine-tuned
 
 
-def _attach_head(stage: Path, runtime: Any, prompts: list[str], labels: np.ndarray, width: int, opts: ExportOptions,
+def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarray, opts: ExportOptions,
                  branch: ClassifierBranch | None) -> tuple[Any, list[str]]:
-    """Embed the index prompts through ``runtime`` (the encoder alone, the served code path of its
-    precision), then append the head to that precision's graph (export/onnx_head.py) and, for the
-    ensemble, write both branches' rank references (head[.int8].npz). Returns the numpy reference
-    head (what the parity check compares the graph with) and the files written."""
+    """Append the head over the index embeddings ``emb`` (embedded by this precision's encoder, the
+    served code path) to that precision's graph (export/onnx_head.py) and, for the ensemble, write
+    both branches' rank references (head[.int8].npz). Returns the numpy reference head (what the
+    parity check compares the graph with) and the files written."""
     from export.onnx_head import EmbeddingHead, attach_head
     from export.served_model import HEAD_FILE
 
-    emb = _embed_served(runtime, prompts, width)
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
                          *((branch.weight, branch.bias) if branch is not None else (None, None)),
                          center=opts.knn_center == "mean")
     files = []
     if branch is not None:
         knn_ref, clf_ref = head.components(branch.val_pooled)
-        name = variant_file(HEAD_FILE, runtime.precision)
+        name = variant_file(HEAD_FILE, precision)
         np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
         files.append(name)
-    model = stage / variant_file(MODEL_FILE, runtime.precision)
+    model = stage / variant_file(MODEL_FILE, precision)
     attach_head(model, model, head)
     return head, files
+
+
+def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
+    """Blend head: fit the blend of the vote and the prompt features on out-of-fold votes of the
+    training prompts, and keep the familiarity reference and the out-of-fold served scores (the
+    calibration), for this precision's index embeddings; for the served precision also the
+    recipe's cross-validated figures. Writes head[.int8].npz."""
+    from export import cv
+    from export.served_model import HEAD_FILE
+
+    train, n, opts = job.train, len(job.train), job.opts
+    data = cv.RoutingData("train", list(train.prompts), list(train.sources), train.weak, train.strong, emb[:n],
+                          np.zeros_like(emb[:n]), np.zeros(n, bool), prompt_features(train.prompts))
+    copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
+    data.qonly_mask[copies], data.qonly_emb[copies] = True, emb[n:]
+    spec = cv.KnnSpec(k=opts.knn_k, ramp=opts.knn_ramp, center=opts.knn_center == "mean",
+                      augment=opts.augment == "question-only")
+    fitted = next(iter(job.blends.values()), None)  # one blend for every precision: fitted on the first (fp32)
+    log(f">> [3/5] {precision}: " + ("out-of-fold votes for the calibration and the familiarity reference" if fitted
+        else f"fitting the blend of the vote and the prompt features ({opts.blend_features}) on out-of-fold votes "
+             "(random folds and held-out sources)"))
+    used = cv.BLEND_FEATURES[opts.blend_features]
+    fit = cv.train_blend(data, spec, blend=fitted, features_used=used)
+    job.blends[precision] = fit.blend
+    job.oof_scores[precision] = fit.blend(fit.familiar_vote, data.features)
+    name = variant_file(HEAD_FILE, precision)
+    np.savez(job.stage / name, blend_mean=fit.blend.mean, blend_scale=fit.blend.scale, blend_coef=fit.blend.coef,
+             blend_intercept=np.float64(fit.blend.intercept), support_ref=np.sort(fit.familiar_support))
+    if precision == job.metadata["precision"]:
+        job.cv = cv.served_cv(data, spec, used, log)
+    return [name]
 
 
 def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:
@@ -288,10 +341,18 @@ class ExportJob:
     parity: Any = None
     served: dict[str, np.ndarray] = field(default_factory=dict)  # validation scores per precision
     quantization: Any = None
+    # blend head, per precision: out-of-fold served scores of the training prompts (the calibration)
+    oof_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    blends: dict[str, Any] = field(default_factory=dict)  # blend head: the fitted LogisticBlend per precision
+    cv: dict[str, Any] = field(default_factory=dict)  # the served recipe's cross-validated figures
 
     @property
     def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
-        return self.opts.head in ("knn", "ensemble")
+        return self.opts.head in ("knn", "ensemble", "blend")
+
+    @property
+    def blend(self) -> bool:
+        return self.opts.head == "blend"
 
     @property
     def ensemble(self) -> bool:
@@ -308,9 +369,12 @@ class ExportJob:
 def load_job(opts: ExportOptions) -> ExportJob:
     """Data and the kNN index: the training prompts and, augmented, their question-only copies."""
     models = load_models(opts.models_json)
-    train = load_routing_set(opts.train, models, opts.limit_train)
+    train = combine([load_routing_set(opts.train, models, opts.limit_train)]
+                    + [load_routing_set(path, load_models(models_file_for(path, opts.models_json)), opts.limit_train)
+                       for path in opts.extra_train])
     val = load_routing_set(opts.val, models, opts.limit_val)
-    log(f">> data: {len(train)} train / {len(val)} val prompts; weak={models.weak!r} strong={models.strong!r}; "
+    log(f">> data: {len(train)} train ({', '.join(str(p.name) for p in (opts.train, *opts.extra_train))}) / "
+        f"{len(val)} val prompts; weak={models.weak!r} strong={models.strong!r} (each extra file: its own pair); "
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
     if opts.augment == "question-only":
         index_prompts, index_rows = with_question_only(train.prompts)
@@ -422,7 +486,8 @@ def _head_metadata(job: ExportJob) -> None:
 
     opts, t = job.opts, job.opts.train_options
     job.metadata["head"] = {
-        "type": "embedding", "in_graph": True, "outputs": [KNN_OUTPUT] + ([CLF_OUTPUT] if job.ensemble else []),
+        "type": "embedding", "in_graph": True,
+        "outputs": [KNN_OUTPUT, SUPPORT_OUTPUT] + ([CLF_OUTPUT] if job.ensemble else []),
         "pooling": "mean", "center": opts.knn_center, "normalize": True,
         "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if job.ensemble else 1.0,
         "label": opts.knn_label, "n_train": len(job.train), "n_index": len(job.index_prompts),
@@ -438,6 +503,19 @@ def _head_metadata(job: ExportJob) -> None:
                                             "P(strong needed) - P(weak needed)." if opts.knn_label == "gap"
                                             else "the share of similar training prompts where the strong "
                                                  "model won."))
+    if job.blend:
+        from export.cv import BLEND_FEATURES, BLEND_L2
+
+        job.metadata["head"]["blend"] = {
+            "kind": "logistic", "inputs": ["logit(knn_score)", *FEATURE_NAMES], "l2": BLEND_L2,
+            "features": opts.blend_features, "features_used": list(BLEND_FEATURES[opts.blend_features]),
+            "trained_on": "out-of-fold votes of the training prompts: random folds (familiar prompts) and folds "
+                          "holding out whole sources (MMLU subjects, other files' tasks), target the gap label",
+            "confidence": "share of the training prompts' random-fold out-of-fold supports (mean similarity of "
+                          "the 10 nearest index prompts) at or below the prompt's support",
+        }
+        job.metadata["label_definition"] += (" The blend head serves a logistic blend of that vote and the prompt "
+                                             "features, an estimate of E[(strong - weak + 1) / 2].")
     if job.ensemble:
         job.metadata["head"]["classifier"] = {
             "output": CLF_OUTPUT, "objective": "ce3", "classes": list(CE3_CLASSES),
@@ -465,9 +543,12 @@ def attach_heads(job: ExportJob) -> None:
         log(f">> [3/5] {precision}: embedding {len(job.index_prompts)} training prompts ({len(job.train)} + "
             f"question-only copies: {job.opts.augment}) through the exported encoder (served code path), then "
             "appending the head to its graph")
-        job.references[precision], written = _attach_head(
-            job.stage, ClassifierRuntime(job.stage, job.settings(precision), with_head=False), job.index_prompts,
-            job.index_labels, job.encoder.config.hidden_size, job.opts, branch)
+        emb = _embed_served(ClassifierRuntime(job.stage, job.settings(precision), with_head=False),
+                            job.index_prompts, job.encoder.config.hidden_size)
+        if job.blend:
+            job.files.extend(_fit_signals(job, precision, emb))
+        job.references[precision], written = _attach_head(job.stage, precision, emb, job.index_labels, job.opts,
+                                                          branch)
         job.files.extend(written)
 
 
@@ -517,7 +598,9 @@ def calibrate(job: ExportJob) -> Any:
     assert job.stage is not None
     val = job.val
     thresholds = {}
-    for precision, values in job.served.items():
+    # The blend head calibrates on out-of-fold scores of the training prompts; the older heads on
+    # the validation prompts' scores (their fine-tuned branch has no cheap out-of-fold scores).
+    for precision, values in (job.oof_scores if job.blend else job.served).items():
         name = variant_file(CALIBRATION_FILE, precision)
         np.save(job.stage / name, np.sort(values.astype(np.float32)))
         job.files.append(name)
@@ -535,8 +618,14 @@ def calibrate(job: ExportJob) -> Any:
         "score_threshold_for_strong_share": thresholds[job.metadata["precision"]],
         "score_threshold_for_strong_share_by_precision": thresholds,
     }
-    job.metadata["calibration"] = {"files": {p: variant_file(CALIBRATION_FILE, p) for p in job.served},
-                                   "set": "validation prompts", "n": len(scores), "path": str(job.opts.val)}
+    calibration_set = job.oof_scores if job.blend else job.served
+    job.metadata["calibration"] = {
+        "files": {p: variant_file(CALIBRATION_FILE, p) for p in calibration_set},
+        "set": "out-of-fold scores of the training prompts (random folds)" if job.blend else "validation prompts",
+        "n": len(calibration_set[job.metadata["precision"]]),
+        "path": str(job.opts.train) if job.blend else str(job.opts.val)}
+    if job.cv:
+        job.metadata["cv"] = job.cv
     job.metadata["export_seconds"] = round(time.monotonic() - job.started, 1)
     _write_json(job.stage / "metadata.json", job.metadata)
     return router
@@ -605,6 +694,8 @@ def _metadata(opts: ExportOptions, models: ModelPair, train: RoutingSet, val: Ro
             "train": _data_entry(opts.train, train),
             "val": _data_entry(opts.val, val),
             "models_json": _data_entry(opts.models_json),
+            "extra_train": [_data_entry(path) | {"models_json": str(models_file_for(path, opts.models_json))}
+                            for path in opts.extra_train],
             "limit_train": opts.limit_train,
             "limit_val": opts.limit_val,
         },

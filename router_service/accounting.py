@@ -43,7 +43,8 @@ class Accounting:
         baseline = None if decision.baseline_target is None else cost_usd(self._targets[decision.baseline_target],
                                                                           usage)
         self.stats.record(target, decision.policy, usage, cost, baseline, fallback=fell_back,
-                          degraded=decision.degraded)
+                          degraded=decision.degraded, confidence=decision.confidence,
+                          low_confidence=decision.reason.startswith("low_confidence"))
         return Receipt(usage, cost, baseline)
 
     def failed(self, target: str | None) -> None:

@@ -61,6 +61,8 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
     }
     if decision.score is not None:
         headers["x-router-score"] = f"{decision.score:.6f}"
+    if decision.confidence is not None:
+        headers["x-router-confidence"] = f"{decision.confidence:.4f}"
     if decision.degraded:
         headers["x-router-degraded"] = "true"
     if served.fell_back:

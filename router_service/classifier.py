@@ -16,6 +16,9 @@ class ClassifierUnavailable(RuntimeError):
 class Classification:
     score: float  # need for the strong model, in [0, 1]
     strong_share: float | None  # None when the model carries no calibration
+    # How familiar the prompt is, in [0, 1]: the share of the model's unseen in-domain reference
+    # prompts that are no more similar to its training data. None when the model does not say.
+    confidence: float | None = None
 
 
 class Classifier(Protocol):

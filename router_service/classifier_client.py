@@ -24,6 +24,7 @@ class ClassifierClient:
     INPUT = "text"
     SCORE = "score"
     SHARE = "strong_share"
+    CONFIDENCE = "confidence"
     CALIBRATION = "calibration"
     CALIBRATION_SHARES = "calibration_shares"  # the shares the thresholds are for (the model's own grid)
 
@@ -42,7 +43,8 @@ class ClassifierClient:
                 meta = self._client.get_model_metadata(self.model, self.version, as_json=True,
                                                        client_timeout=self.timeout_s)
                 names = {o["name"] for o in meta.get("outputs", [])}
-                self._outputs = [grpcclient.InferRequestedOutput(n) for n in (self.SCORE, self.SHARE) if n in names]
+                self._outputs = [grpcclient.InferRequestedOutput(n) for n in (self.SCORE, self.SHARE, self.CONFIDENCE)
+                                 if n in names]
         return self._outputs
 
     def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput]):  # noqa: ANN202
@@ -61,9 +63,17 @@ class ClassifierClient:
         scores = result.as_numpy(self.SCORE)
         if scores is None:
             raise ClassifierUnavailable(f"classifier {self.model!r} returned no '{self.SCORE}' output")
-        shares = result.as_numpy(self.SHARE)
-        flat_shares = [None] * len(texts) if shares is None else [float(s) for s in shares.reshape(-1)]
-        return [Classification(float(s), share) for s, share in zip(scores.reshape(-1), flat_shares)]
+        return [Classification(float(s), share, confidence) for s, share, confidence in
+                zip(scores.reshape(-1), self._optional(result, self.SHARE, len(texts)),
+                    self._optional(result, self.CONFIDENCE, len(texts)))]
+
+    @staticmethod
+    def _optional(result, name: str, n: int) -> list[float | None]:  # noqa: ANN001
+        """A per-prompt output the served version may lack (absent, or NaN: unknown) as floats or None."""
+        values = result.as_numpy(name)
+        if values is None:
+            return [None] * n
+        return [None if np.isnan(v) else float(v) for v in values.reshape(-1)]
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """Scores in [0, 1], one per text, in order."""

@@ -3,7 +3,7 @@ strategies that declare their own policy settings (strategies/): kept apart so t
 imports the other's module."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,18 @@ class WindowConfig(StrictModel):
     max_chars: int = Field(4000, gt=0)
 
 
+class LowConfidence(StrictModel):
+    """What a policy does with a prompt unlike the classifier's training data (its confidence
+    below ``below``): ``score`` routes it by its score like any other, ``strong`` / ``weak`` send
+    it to the policy's strongest / cheapest target,
+    ``prior`` sends ``prior_share`` of such prompts to the strongest (picked by a hash of the
+    text: the same prompt always goes the same way)."""
+
+    below: float = Field(0.05, ge=0.0, le=1.0)
+    action: Literal["score", "strong", "weak", "prior"] = "strong"
+    prior_share: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class PolicySettings(StrictModel):
     """What every policy has; each strategy subclasses it with its own fields and ``kind``."""
 
@@ -34,6 +46,8 @@ class PolicySettings(StrictModel):
     window: WindowConfig = WindowConfig()
     # Served when the classifier is unavailable (fail open); default: the strongest target.
     fail_open_target: str | None = None
+    # Unset: low-confidence prompts are routed by their score like any other.
+    low_confidence: LowConfidence | None = None
 
     @property
     def targets(self) -> list[str]:

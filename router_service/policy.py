@@ -4,8 +4,10 @@
 (manual routing: no classification). For a policy, in order:
   1. rules pin a target when their pattern or keywords match the classified text;
   2. otherwise the classifier scores the text and the policy's strategy (strategies/: threshold,
-     tiered, ...) picks a target; if the classifier is unavailable the policy fails open to its
-     ``fail_open_target`` and the decision is marked degraded.
+     tiered, ...) picks a target; a prompt the classifier is not confident about (unlike its
+     training data) follows the policy's ``low_confidence`` action when it has one; if the
+     classifier is unavailable the policy fails open to its ``fail_open_target`` and the decision
+     is marked degraded.
 Then constraints that no choice or fallback may break: prompts with private data stay on
 self-hosted targets; a target must hold prompt + max_tokens in its context window (else the
 request escalates to a bigger target, or is refused with context_length_exceeded); fields that
@@ -17,6 +19,7 @@ This module decides; it knows neither HTTP (it raises routing_errors) nor prices
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +40,10 @@ POLICY_MODEL = "router"
 class Decision:
     candidates: tuple[str, ...]  # the chosen target first, then its allowed fallbacks
     policy: str | None  # None: manual routing
-    reason: str  # manual | classifier | rule:<name> | fail_open | with ":escalated" when a constraint forced it
+    # manual | classifier | low_confidence | rule:<name> | fail_open; ":escalated" when a constraint forced it
+    reason: str
     score: float | None = None
+    confidence: float | None = None  # how familiar the prompt is to the classifier, when it says
     threshold: float | None = None
     strong_share: float | None = None
     degraded: bool = False  # the classifier was unavailable; the policy failed open
@@ -125,9 +130,24 @@ class Router:
             return Decision((fail_open,), policy.name, "fail_open", degraded=True, private=private,
                             baseline_target=strategy.strongest)
         pick = strategy.pick(classification, request.router)
-        return Decision((pick.target,), policy.name, "classifier", score=classification.score,
-                        threshold=pick.threshold, strong_share=pick.strong_share, private=private,
-                        baseline_target=strategy.strongest)
+        target, reason = pick.target, "classifier"
+        low = policy.low_confidence
+        if (low is not None and low.action != "score" and classification.confidence is not None
+                and classification.confidence < low.below):
+            target, reason = self._low_confidence_target(strategy, low.action, low.prior_share, text), "low_confidence"
+        return Decision((target,), policy.name, reason, score=classification.score,
+                        confidence=classification.confidence, threshold=pick.threshold,
+                        strong_share=pick.strong_share, private=private, baseline_target=strategy.strongest)
+
+    @staticmethod
+    def _low_confidence_target(strategy: RoutingStrategy[Any], action: str, prior_share: float, text: str) -> str:
+        if action == "weak":
+            return strategy.targets[0]
+        if action == "prior":
+            # A hash, not a random draw: a retried or repeated prompt goes the same way.
+            u = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") / 2 ** 64
+            return strategy.strongest if u < prior_share else strategy.targets[0]
+        return strategy.strongest
 
     # -- constraints -------------------------------------------------------------------------
     def _prompt_tokens(self, target: TargetConfig, request: GenerationRequest, counted: dict[int, int]) -> int:
@@ -173,7 +193,7 @@ class Router:
         head = allowed[0]
         fallbacks = [f for f in self._targets[head].fallbacks if f in allowed and f != head]
         return Decision(candidates=(head, *fallbacks), policy=choice.policy, reason=reason, score=choice.score,
-                        threshold=choice.threshold, strong_share=choice.strong_share, degraded=choice.degraded,
+                        confidence=choice.confidence, threshold=choice.threshold, strong_share=choice.strong_share, degraded=choice.degraded,
                         private=choice.private, baseline_target=choice.baseline_target,
                         prompt_tokens=self._prompt_tokens(self._targets[head], request, counted))
 

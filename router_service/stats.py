@@ -39,9 +39,12 @@ class Stats:
         self._total = Totals()
         self._fallbacks = 0
         self._degraded = 0
+        self._classified = 0  # answers whose classifier gave a confidence
+        self._low_confidence = 0  # of those, the ones a policy's low_confidence action routed
 
     def record(self, target: str, policy: str | None, usage: Usage, cost_usd: float,
-               baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False) -> None:
+               baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False,
+               confidence: float | None = None, low_confidence: bool = False) -> None:
         with self._lock:
             buckets = [self._by_target[target], self._total]
             if policy is not None:
@@ -56,6 +59,8 @@ class Stats:
                 self._total.baseline_cost_usd += baseline_cost_usd
             self._fallbacks += int(fallback)
             self._degraded += int(degraded)
+            self._classified += int(confidence is not None)
+            self._low_confidence += int(low_confidence)
 
     def record_error(self, target: str | None) -> None:
         with self._lock:
@@ -71,4 +76,6 @@ class Stats:
                 "by_policy": {k: v.as_dict() for k, v in sorted(self._by_policy.items())},
                 "fallbacks": self._fallbacks,
                 "degraded": self._degraded,
+                "classified_with_confidence": self._classified,
+                "low_confidence": self._low_confidence,
             }

@@ -31,10 +31,10 @@ def routing_data() -> Path:
 
 
 def export_tiny_classifier(repo: Path, routing_data: Path) -> None:
-    """Run the real export pipeline on a small subset (full training is `make export`)."""
+    """Run the real export pipeline, default head, on a small subset (the full one is `make export`)."""
     subprocess.run(
         [sys.executable, "-m", "export", "--data-dir", str(routing_data), "--model-repository", str(repo),
-         "--limit-train", "384", "--limit-val", "128", "--epochs", "1", "--max-length", "64", "--seed", "0"],
+         "--limit-train", "384", "--limit-val", "128", "--max-length", "64", "--seed", "0"],
         check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
 

@@ -2,8 +2,9 @@
 
 The exports fine-tune on a few hundred prompts for one epoch (about a minute each on 2 CPU
 cores), into a temporary copy of the model repository: the project's repository is untouched.
-Version 1 is the default (ensemble: kNN + fine-tuned classifier branch, int8), version 2 the
-classifier-only export, version 3 the kNN head alone.
+Version 1 is the ensemble (kNN + fine-tuned classifier branch, int8), version 2 the
+classifier-only export, version 3 the kNN head alone, version 4 the default blend head (kNN +
+prompt features, trained on two sources, calibrated out of fold).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from export import repository
 from export.pipeline import MODEL_NAME, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64"]
+TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64", "--head", "ensemble"]
 VERSION_FILES = {"model.onnx", "model.py", "metadata.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                  "calibration.npy"}
 
@@ -111,7 +112,7 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
         # centred on the index mean (the default --knn-center mean): the stored rows no longer share a direction
         assert weights["head/center"].shape == (384,) and np.linalg.norm(weights["head/center"]) > 0.1
         assert np.linalg.norm(weights["head/index_t"].mean(axis=1)) < 0.1
-        assert [o.name for o in model.graph.output] == ["knn_score", "clf_score", "pooled"]
+        assert [o.name for o in model.graph.output] == ["knn_score", "knn_support", "clf_score", "pooled"]
         indexes[name] = weights["head/index_t"]
     cos = (indexes["model.onnx"] * indexes["model.int8.onnx"]).sum(0)
     assert 0.8 < cos.min() and np.any(cos < 0.9999)  # close, but re-embedded by the int8 model
@@ -201,8 +202,60 @@ def test_knn_head_alone_exports_one_encoder(exported: SimpleNamespace) -> None:
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["hyperparameters"]["epochs"] == 0 and meta["head"]["knn_weight"] == 1.0
     assert "classifier" not in meta["head"] and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
-    assert [o.name for o in onnx.load(str(version / "model.onnx")).graph.output] == ["knn_score", "pooled"]
+    assert [o.name for o in onnx.load(str(version / "model.onnx")).graph.output] == ["knn_score", "knn_support", "pooled"]
     assert not (version / "head.npz").exists()  # no blend: the graph's kNN vote is the score
+
+
+def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
+    """The default head: the kNN vote blended with prompt features, trained on the MMLU file and
+    LLMRouter's tasks (each with its own pair), calibrated on out-of-fold training scores, with a
+    confidence; the recipe's cross-validated figures are recorded."""
+    from export.onnx_head import EmbeddingHead
+    from export.served_model import FEATURE_NAMES, ClassifierRuntime, LogisticBlend, RuntimeSettings, prompt_features
+
+    proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
+                      "--limit-train", "256", "--limit-val", "128", "--max-length", "64")
+    assert proc.returncode == 0
+    assert last_json(proc.stdout)["version"] == 4 and "llmrouter-train.jsonl" in proc.stdout
+    version = exported.model_dir / "4"
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["hyperparameters"]["head"] == "blend" and meta["hyperparameters"]["epochs"] == 0
+    assert [Path(e["path"]).name for e in meta["data"]["extra_train"]] == ["llmrouter-train.jsonl"]
+    n_train = meta["head"]["n_train"]
+    assert n_train == 512  # 256 of each file
+    assert meta["head"]["blend"]["inputs"] == ["logit(knn_score)", *FEATURE_NAMES]
+    assert meta["calibration"]["n"] == n_train and "out-of-fold" in meta["calibration"]["set"]
+    for protocol in ("random", "grouped"):
+        for part in ("mmlu", "other"):
+            assert 0.0 < meta["cv"][protocol][part]["apgr"] < 1.5
+    for name in ("head.npz", "head.int8.npz"):
+        with np.load(version / name) as head:
+            assert set(head.files) == {"blend_mean", "blend_scale", "blend_coef", "blend_intercept", "support_ref"}
+            assert head["blend_coef"].shape == (1 + len(FEATURE_NAMES),)
+            assert head["support_ref"].shape == (n_train,) and np.all(np.diff(head["support_ref"]) >= 0)
+
+    runtime = ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="fp32"))
+    train = [json.loads(line)["prompt"] for line in (exported.data / "mmlu-train.jsonl").read_text().splitlines()[:4]]
+    prompts = train + ["zxqv wlorp gnarf " * 8, "Write a Python function that reverses a linked list."]
+    scores, confidence = runtime.evaluate(prompts)
+    # The graph's vote and support equal the numpy head's over the graph's own index.
+    model = onnx.load(str(version / "model.onnx"))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("head/")}
+    head = EmbeddingHead(weights["head/index_t"].T, weights["head/labels"], meta["head"]["k"], meta["head"]["ramp"])
+    pooled = runtime.run(prompts, ["pooled"])[0]
+    vote, support = head.vote(head.embed(pooled - weights["head/center"]))
+    graph_vote, graph_support = runtime.run(prompts, ["knn_score", "knn_support"])
+    np.testing.assert_allclose(graph_vote, vote, atol=1e-5)
+    np.testing.assert_allclose(graph_support, support, atol=1e-5)
+    # The served score is the logistic blend of that vote and the prompt features.
+    with np.load(version / "head.npz") as npz:
+        coef, mean, scale, b = npz["blend_coef"], npz["blend_mean"], npz["blend_scale"], float(npz["blend_intercept"])
+    x = LogisticBlend.inputs(graph_vote, prompt_features(prompts))
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-(((x - mean) / scale) @ coef + b))), atol=1e-5)
+    # Training prompts (in the index) are familiar; gibberish is not.
+    assert np.all((confidence >= 0) & (confidence <= 1))
+    assert confidence[4] < 0.5 < confidence[:4].min(), confidence
+    assert confidence[4] < confidence[5], confidence  # a code request: LLMRouter's mbpp tasks are in the index
 
 
 def _small_val(exported: SimpleNamespace, tmp_path: Path, n: int = 96) -> Path:
@@ -305,8 +358,8 @@ def test_triton_execute_batches_requests_in_one_run(exported: SimpleNamespace, m
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps({"parameters": {"device": {"string_value": "cpu"}}})})
     calls: list[int] = []
-    score = model.runtime.score
-    monkeypatch.setattr(model.runtime, "score", lambda texts: calls.append(len(texts)) or score(texts))
+    evaluate = model.runtime.evaluate
+    monkeypatch.setattr(model.runtime, "evaluate", lambda texts: calls.append(len(texts)) or evaluate(texts))
 
     prompts = _prompts(exported, 8)
     requests = [
@@ -348,32 +401,39 @@ def _triton_model(version: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return model
 
 
-@pytest.mark.parametrize("version", ["1", "2", "3"])  # ensemble, classifier-only, kNN head alone
+@pytest.mark.parametrize("version", ["1", "2", "3", "4"])  # ensemble, classifier-only, kNN head alone, blend
 def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
                                                     version: str) -> None:
-    # Versions 2 and 3 come from earlier tests in this file.
+    # Versions 2, 3 and 4 come from earlier tests in this file.
     assert (exported.model_dir / version).is_dir(), f"run this module whole: version {version} is made by an earlier test"
     vdir = exported.model_dir / version
     model = _triton_model(vdir, monkeypatch)
     calls: list[int] = []
     score = model.runtime.score
-    monkeypatch.setattr(model.runtime, "score", lambda texts: calls.append(len(texts)) or score(texts))
+    evaluate = model.runtime.evaluate
+    monkeypatch.setattr(model.runtime, "evaluate", lambda texts: calls.append(len(texts)) or evaluate(texts))
     prompts = _prompts(exported, 8)
     calib = np.load(model.runtime.calibration_path).astype(np.float32)  # the CPU-served precision's
-    assert model.runtime.precision == ("int8" if version == "1" else "fp32")
+    assert model.runtime.precision == ("int8" if version in ("1", "4") else "fp32")
     meta = json.loads((vdir / "metadata.json").read_text())
 
     requests = [
         _FakeRequest(np.array([[p.encode()] for p in prompts[:3]], dtype=object), ["score", "strong_share"]),
         _FakeRequest(np.array([[b""]], dtype=object), ["calibration"]),  # the router's periodic ask
         _FakeRequest(np.array([[prompts[3].encode()]], dtype=object), ["strong_share"]),
-        _FakeRequest(np.array([[prompts[4].encode()]], dtype=object), ["score"]),
+        _FakeRequest(np.array([[prompts[4].encode()]], dtype=object), ["score", "confidence"]),
     ]
     responses = model.execute(requests)
     assert calls == [5]  # one model run; the calibration-only request needs none
     assert not any(r.error for r in responses)
     names = [[t._name for t in r.output_tensors] for r in responses]
-    assert names == [["score", "strong_share"], ["calibration"], ["strong_share"], ["score"]]
+    assert names == [["score", "strong_share"], ["calibration"], ["strong_share"], ["score", "confidence"]]
+    confidence = responses[3].output_tensors[1].as_numpy()[0, 0]
+    if version == "4":  # the blend head knows how familiar a prompt is
+        assert 0.0 <= confidence <= 1.0
+        assert confidence == pytest.approx(float(evaluate([prompts[4]])[1][0]), abs=1e-6)
+    else:
+        assert np.isnan(confidence)  # older heads: unknown
     for r in responses:
         for t in r.output_tensors:
             out = t.as_numpy()
@@ -393,6 +453,9 @@ def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, m
     for k, thr in enumerate(thresholds[0], start=1):
         assert np.mean(calib >= thr) == pytest.approx(k / 10, abs=1.5 / len(calib))
         assert meta["validation"]["score_threshold_for_strong_share"][f"{k * 10}%"] == pytest.approx(float(thr), abs=1e-6)
+    if version == "4":  # out-of-fold scores of the training prompts (both files), not the validation prompts
+        assert meta["calibration"]["n"] == len(calib) == meta["head"]["n_train"]
+        return
     # The calibration is the served scores of the validation prompts: the val scores reproduce it.
     val = [json.loads(line)["prompt"] for line in (exported.data / "mmlu-val.jsonl").read_text().splitlines()[:128]]
     np.testing.assert_allclose(np.sort(score(val)), calib, atol=1e-5)
@@ -490,13 +553,15 @@ def test_bring_your_own_data(tmp_path: Path) -> None:
     repo = fresh_repository(tmp_path)
     proc = run_module("export", "--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"),
                       "--models-json", str(data / "models.json"), "--model-repository", str(repo),
-                      "--epochs", "2", "--max-length", "32", "--batch-size", "16", "--lr", "1e-4")
+                      "--max-length", "32")  # the default head (blend), on the user's file alone
     assert proc.returncode == 0
     summary = last_json(proc.stdout)
     meta = json.loads((repo / MODEL_NAME / "1" / "metadata.json").read_text())
     assert meta["models"] == {"weak": "tiny-local", "strong": "big-remote"}
     assert "big-remote" in meta["label_definition"]
+    assert meta["data"]["extra_train"] == []  # a user's own file is not mixed with the shipped data
     assert summary["n"] == 48
+    assert summary["apgr"] > 0.6  # the made-up signal (integrals need the strong model) is learned
 
     scores = tmp_path / "scores.jsonl"
     proc = run_module("export.evaluate", "--data", str(data / "val.jsonl"), "--scores", str(scores),
@@ -511,7 +576,7 @@ def test_export_rejects_unknown_model_names(tmp_path: Path) -> None:
     (data / "models.json").write_text(json.dumps({"weak": "tiny-local", "strong": "nonexistent"}))
     repo = fresh_repository(tmp_path)
     proc = run_module("export", "--train", str(data / "train.jsonl"), "--val", str(data / "val.jsonl"),
-                      "--models-json", str(data / "models.json"), "--model-repository", str(repo), "--epochs", "1")
+                      "--models-json", str(data / "models.json"), "--model-repository", str(repo))
     assert proc.returncode == 1 and "nonexistent" in proc.stderr
     assert repository.list_versions(repo / MODEL_NAME, complete_only=False) == []
 

@@ -286,3 +286,47 @@ def test_strong_share_override_routes_by_calibration(router_url: str, triton: Tr
                      router={"strong_share": share})
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-router-target"] == ("gemma3-270m" if strong else "smollm2-135m")
+
+
+# --- confidence: how familiar a prompt is, and what a policy does when it is not ---
+
+TRAINING_PROMPT_INDEX = 3  # a prompt of the tiny export's training slice (in its kNN index)
+
+
+def _training_prompt(routing_data: Path) -> str:
+    lines = (routing_data / "mmlu-train.jsonl").read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[TRAINING_PROMPT_INDEX])["prompt"]
+
+
+GIBBERISH = "zxqv wlorp gnarf " * 8
+
+
+def test_confidence_is_reported_with_the_decision(router_url: str, triton: TritonServer, routing_data: Path) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    familiar, unfamiliar = client.classify([_training_prompt(routing_data), GIBBERISH])
+    assert familiar.confidence is not None and unfamiliar.confidence is not None
+    assert unfamiliar.confidence < familiar.confidence
+    resp = _chat(router_url, messages=[{"role": "user", "content": GIBBERISH}], max_tokens=1)
+    assert resp.status_code == 200, resp.text
+    assert float(resp.headers["x-router-confidence"]) == pytest.approx(unfamiliar.confidence, abs=1e-4)
+
+
+@pytest.mark.parametrize("action, target", [("strong", "gemma3-270m"), ("weak", "smollm2-135m")])
+def test_low_confidence_action(triton: TritonServer, tmp_path: Path, routing_data: Path, action: str,
+                               target: str) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    familiar, unfamiliar = client.classify([_training_prompt(routing_data), GIBBERISH])
+    below = (familiar.confidence + unfamiliar.confidence) / 2  # between the two prompts
+    config = router_config_dict(triton)
+    # The opposite of the action's target for every prompt the score decides: 0.0 = all strong, 1.0 = none.
+    config["policies"][0] = {"name": "default", "classifier": "minilm", "weak": "smollm2-135m",
+                             "strong": "gemma3-270m", "threshold": 1.0 if action == "strong" else 0.0,
+                             "low_confidence": {"below": below, "action": action}}
+    with run_router(config, tmp_path) as url:
+        low = _chat(url, messages=[{"role": "user", "content": GIBBERISH}], max_tokens=1)
+        assert low.status_code == 200, low.text
+        assert low.headers["x-router-target"] == target and low.headers["x-router-reason"] == "low_confidence"
+        high = _chat(url, messages=[{"role": "user", "content": _training_prompt(routing_data)}], max_tokens=1)
+        assert high.headers["x-router-reason"] == "classifier" and high.headers["x-router-target"] != target
+        stats = requests.get(url + "/v1/router/stats", timeout=10).json()
+        assert stats["low_confidence"] == 1 and stats["classified_with_confidence"] == 2

@@ -161,12 +161,17 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
     assert has_center == center
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
-    assert [o.name for o in session.get_outputs()] == ["knn_score", "clf_score", "pooled"]
-    knn, clf, pooled_out = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    assert [o.name for o in session.get_outputs()] == ["knn_score", "knn_support", "clf_score", "pooled"]
+    knn, support, clf, pooled_out = session.run(None, {"input_ids": ids, "attention_mask": mask})
     want_knn, want_clf = head.components(pooled)
-    assert want_clf is not None and knn.shape == clf.shape == (6,)
+    assert want_clf is not None and knn.shape == clf.shape == support.shape == (6,)
     np.testing.assert_allclose(pooled_out, pooled, atol=1e-5)
     np.testing.assert_allclose(knn, want_knn, atol=1e-5)
+    # The support: the mean similarity of the nearest index rows, as the numpy head computes it.
+    want_vote, want_support = head.vote(head.embed(pooled[:, :dim]))
+    np.testing.assert_allclose(knn, want_vote, atol=1e-5)
+    np.testing.assert_allclose(support, want_support, atol=1e-5)
+    assert np.all((support >= -1) & (support <= 1)) and len(np.unique(np.round(support, 4))) > 1
     np.testing.assert_allclose(clf, want_clf, atol=1e-5)
     if k + 1 <= n_index:  # a vote that depends on the prompt (with k >= n_index it is the mean of all labels)
         assert len(np.unique(np.round(knn, 4))) > 1
@@ -181,9 +186,12 @@ def test_attached_knn_head_alone_and_a_missing_branch(tmp_path: Path) -> None:
     emb, labels = np.eye(4, dtype=np.float32), np.array([0.0, 0.25, 0.75, 1.0], dtype=np.float32)
     attach_head(tmp_path / "enc.onnx", tmp_path / "knn.onnx", EmbeddingHead(emb, labels, k=1))
     session = ort.InferenceSession(str(tmp_path / "knn.onnx"))
-    assert [o.name for o in session.get_outputs()] == ["knn_score", "pooled"]
+    assert [o.name for o in session.get_outputs()] == ["knn_score", "knn_support", "pooled"]
     ids = np.arange(10, dtype=np.int64)[:, None]  # one token each: the prompt is that token's vector
-    knn, _ = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    knn, support, _ = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    # k=1: the support averages the top k+1 = 2 similarities (fewer than SUPPORT_K are there)
+    sims = np.sort((base / np.linalg.norm(base, axis=1, keepdims=True)) @ emb.T, axis=1)[:, ::-1]
+    np.testing.assert_allclose(support, sims[:, :2].mean(axis=1), atol=1e-6)
     # k=1 with 4 index rows: the (k+1)-th neighbour floors the ramp, so the nearest one's label wins
     np.testing.assert_allclose(knn, labels[np.argmax(base, axis=1)], atol=1e-6)
     with pytest.raises(ValueError, match="hidden states"):

@@ -194,3 +194,18 @@ def test_an_adapter_bug_does_not_leave_a_half_open_breaker_stuck() -> None:
             dispatcher.complete(("broken",), request)
         assert dispatcher.breakers["broken"].snapshot().state == "open"
     assert adapter.calls == 3
+
+
+def test_low_confidence_prior_action_is_a_stable_share() -> None:
+    """`prior`: about prior_share of unfamiliar prompts go strong, and the same prompt always the same way."""
+    from router_service.policy import Router
+    from router_service.strategies import ThresholdSettings, build_strategy
+
+    strategy = build_strategy(ThresholdSettings(name="p", classifier="c", weak="small", strong="big"))
+    texts = [f"prompt number {i}" for i in range(4000)]
+    picks = [Router._low_confidence_target(strategy, "prior", 0.3, t) for t in texts]
+    assert set(picks) == {"small", "big"}
+    assert abs(picks.count("big") / len(picks) - 0.3) < 0.03
+    assert picks == [Router._low_confidence_target(strategy, "prior", 0.3, t) for t in texts]
+    assert Router._low_confidence_target(strategy, "strong", 0.3, texts[0]) == "big"
+    assert Router._low_confidence_target(strategy, "weak", 0.3, texts[0]) == "small"

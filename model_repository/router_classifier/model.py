@@ -12,6 +12,9 @@ only when requested:
 - ``strong_share`` (TYPE_FP32, dims [1]): the fraction of the version's calibration prompts
   (``calibration.npy``: their sorted scores) that score >= this prompt, so routing to the strong
   model iff ``strong_share <= s`` sends about a share ``s`` of traffic there;
+- ``confidence`` (TYPE_FP32, dims [1]): how familiar the prompt is, in [0, 1]: the share of the
+  version's reference prompts (unseen in-domain prompts) that are no more similar to the training
+  data than this one; NaN for versions exported without it (``--head blend`` has it);
 - ``calibration`` (TYPE_FP32, dims [9]): the score thresholds that send 10%, 20%, ..., 90% of the
   calibration traffic to the strong model (the same for every prompt; ask with any text, e.g. "");
 - ``calibration_shares`` (TYPE_FP32, dims [9]): those shares (``CALIBRATION_SHARES``, the one
@@ -47,7 +50,9 @@ capsule destructor.)
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,10 +70,10 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_FILE = "calibration.npy"
 HEAD_FILE = "head.npz"
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-OUTPUTS = ("score", "strong_share", "calibration", "calibration_shares")
+OUTPUTS = ("score", "strong_share", "confidence", "calibration", "calibration_shares")
 CALIBRATION_OUTPUTS = ("calibration", "calibration_shares")  # the same for every prompt: no model run
 # outputs of an embedding head attached to the encoder graph (export/onnx_head.py)
-KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT = "knn_score", "clf_score", "pooled"
+KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT, SUPPORT_OUTPUT = "knn_score", "clf_score", "pooled", "knn_support"
 
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -80,6 +85,37 @@ class RuntimeSettings:
     intra_op_threads: int = 0  # 0 = auto
     device_id: int = 0
     precision: str = "auto"  # auto | fp32 | int8 (see ClassifierRuntime.choose_precision)
+
+
+# -- prompt features: signals that carry across tasks (length, structure) ---------------------------
+# Cheap (regexes, no model): the blend learns how much they add to the nearest-neighbour vote, and
+# they carry the score where the vote has no similar training prompts to go on.
+_FEATURE_PATTERNS = {
+    "code": re.compile(r"```|\bdef |\breturn\b|\bassert\b|#include|\bprint\(|;\s*$|[{}]|==|=>|\bfunction\b|"
+                       r"\bclass \w+|\bimport \w+", re.MULTILINE),
+    "math": re.compile(r"\$|\\[a-zA-Z]+|\^|\d\s*[-+*/=<>]\s*\d|\b(?:sqrt|log|sin|cos|integral|derivative|"
+                       r"probability|equation|polynomial)\b", re.IGNORECASE),
+    "list": re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+", re.MULTILINE),
+    "constraint": re.compile(r"\b(?:must|exactly|at least|at most|no more than|without|only|each|every|should|"
+                             r"ensure|include|exclude|format|words?|sentences?|paragraphs?)\b", re.IGNORECASE),
+    "steps": re.compile(r"\b(?:then|steps?|first|second|third|finally|after|before|calculate|compute|prove|derive|"
+                        r"show that|how many|how much|total|remaining|each)\b", re.IGNORECASE),
+    "question": re.compile(r"\?"),
+    "choices": re.compile(r"^[A-D][.)] ", re.MULTILINE),
+}
+FEATURE_NAMES = ("log_chars", "log_words", "log_lines", "digits", "non_ascii", *(f"log_{k}" for k in _FEATURE_PATTERNS))
+
+
+def prompt_features(texts: Sequence[str]) -> np.ndarray:
+    """[n, len(FEATURE_NAMES)] float32: log counts of length and structure, digit and non-ASCII shares."""
+    out = np.zeros((len(texts), len(FEATURE_NAMES)), dtype=np.float32)
+    for i, text in enumerate(texts):
+        n = max(len(text), 1)
+        row = [math.log1p(len(text)), math.log1p(len(text.split())), math.log1p(text.count("\n")),
+               sum(c.isdigit() for c in text) / n, sum(ord(c) > 127 for c in text) / n]
+        row += [math.log1p(len(p.findall(text))) for p in _FEATURE_PATTERNS.values()]
+        out[i] = row
+    return out
 
 
 def variant_file(name: str, precision: str) -> str:
@@ -135,11 +171,16 @@ class ClassifierRuntime:
         # An embedding head runs inside the graph (export/onnx_head.py): the graph returns the kNN
         # vote (and the classifier branch's score); only the ensemble's rank blend runs here.
         self.embedding_head = KNN_OUTPUT in outputs
+        self.signals: LogisticBlend | None = None  # the blend of the vote, its support and prompt features
+        self.familiarity: Familiarity | None = None
         if self.embedding_head:
             self.score_outputs = [KNN_OUTPUT] + ([CLF_OUTPUT] if CLF_OUTPUT in outputs else [])
             self.blend = RankBlend.load(self.version_dir, self.metadata, self.precision) if with_head else None
             if len(self.score_outputs) == 2 and with_head and self.blend is None:
                 raise RuntimeError(f"{self.version_dir}: ensemble model without rank references ({HEAD_FILE})")
+            if with_head and SUPPORT_OUTPUT in outputs and (self.metadata.get("head") or {}).get("blend"):
+                self.signals = LogisticBlend.load(self.version_dir, self.metadata, self.precision)
+                self.familiarity = Familiarity.load(self.version_dir, self.precision)
         # What model_output reads from a graph without an attached head: the encoder alone (every
         # output: one hidden state per branch), or a text classifier (its logits).
         self.hidden_outputs = outputs if not with_head else outputs[:1]
@@ -235,12 +276,28 @@ class ClassifierRuntime:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """P(strong model needed) per text, float32 [len(texts)], in one onnxruntime run."""
-        if not self.embedding_head:
-            return probabilities(self.logits(texts), self.positive_index)
-        return self.score_from(*self.components(texts))
+        return self.evaluate(texts)[0]
 
-    def score_from(self, knn: np.ndarray, clf: np.ndarray | None) -> np.ndarray:
-        """The served score from the branch scores: the kNN vote, or the ensemble's rank blend."""
+    def evaluate(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(score, confidence or None) per text. Confidence, for a version with a signal blend: the
+        share of the version's reference prompts (unseen in-domain prompts) that are no more
+        familiar than this one, by the mean similarity of the nearest index prompts; near 0, the
+        prompt is unlike the training data and its score leans on the prompt features."""
+        if not self.embedding_head:
+            return probabilities(self.logits(texts), self.positive_index), None
+        if self.signals is None:
+            return self.score_from(*self.components(texts), texts), None
+        assert self.familiarity is not None
+        if len(texts) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        vote, support = self.run(texts, [KNN_OUTPUT, SUPPORT_OUTPUT])
+        return self.signals(vote, prompt_features(texts)), self.familiarity(support)
+
+    def score_from(self, knn: np.ndarray, clf: np.ndarray | None, texts: Sequence[str]) -> np.ndarray:
+        """The served score from the branch scores: the kNN vote, the ensemble's rank blend, or the
+        blend of the vote and the features of ``texts``."""
+        if self.signals is not None:
+            return self.signals(knn, prompt_features(texts))
         if clf is None:
             return np.clip(knn, 0.0, 1.0).astype(np.float32)
         assert self.blend is not None
@@ -262,6 +319,53 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask, dtype=np.float32)[:, :, None]
     h = np.asarray(hidden, dtype=np.float32)
     return (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+
+class LogisticBlend:
+    """The score of a version exported with ``--head blend``: a logistic regression over the kNN
+    vote (as a logit) and the prompt features, standardised, trained on out-of-fold votes from
+    two regimes: familiar prompts (random folds) and unfamiliar ones (whole subjects and tasks
+    held out), so it learns how far to trust the vote against the features (export/cv.py). The
+    vote's support is not an input: its range on served traffic (an index that holds near
+    duplicates) is outside what out-of-fold votes show, and a linear model extrapolates it badly;
+    it feeds the confidence instead (``Familiarity``)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float):
+        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.coef, self.intercept = np.asarray(coef, np.float64), float(intercept)
+
+    @staticmethod
+    def inputs(vote: np.ndarray, features: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(vote, np.float64), 1e-4, 1 - 1e-4)
+        return np.concatenate([np.log(p / (1 - p))[:, None], np.asarray(features, np.float64)], axis=1)
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(((x - self.mean) / self.scale) @ self.coef + self.intercept)))
+
+    def __call__(self, vote: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return self.raw(self.inputs(vote, features)).astype(np.float32)
+
+    @classmethod
+    def load(cls, version_dir: Path, metadata: dict[str, Any], precision: str = "fp32") -> "LogisticBlend":
+        with np.load(version_dir / variant_file(HEAD_FILE, precision)) as npz:
+            return cls(npz["blend_mean"], npz["blend_scale"], npz["blend_coef"], float(npz["blend_intercept"]))
+
+
+class Familiarity:
+    """Support (mean similarity of the nearest index prompts) -> the share of reference prompts
+    (out-of-fold training prompts: unseen, in-domain) whose support is no higher."""
+
+    def __init__(self, reference: np.ndarray):
+        self.sorted = np.sort(np.asarray(reference, np.float32).reshape(-1))
+
+    def __call__(self, support: np.ndarray) -> np.ndarray:
+        s = np.asarray(support, np.float32).reshape(-1)
+        return (np.searchsorted(self.sorted, s, side="right") / max(len(self.sorted), 1)).astype(np.float32)
+
+    @classmethod
+    def load(cls, version_dir: Path, precision: str = "fp32") -> "Familiarity":
+        with np.load(version_dir / variant_file(HEAD_FILE, precision)) as npz:
+            return cls(npz["support_ref"])
 
 
 class RankBlend:
@@ -399,7 +503,7 @@ class TritonPythonModel:
                     raise ValueError("missing input 'text'")
                 wanted = requested_outputs(request)
                 batch = [_decode(v) for v in np.asarray(tensor.as_numpy(), dtype=object).reshape(-1)]
-                if "score" in wanted or "strong_share" in wanted:  # only `calibration`: no model run
+                if not set(wanted) <= set(CALIBRATION_OUTPUTS):  # only the calibration: no model run
                     spans.append((len(texts), len(texts) + len(batch), wanted))
                     texts.extend(batch)
                 else:
@@ -408,7 +512,7 @@ class TritonPythonModel:
                 spans.append(exc)
 
         try:
-            scores = self.runtime.score(texts) if texts else np.zeros(0, dtype=np.float32)
+            scores, confidence = self.runtime.evaluate(texts) if texts else (np.zeros(0, np.float32), None)
             shares = (self.runtime.strong_share(scores) if any(
                 not isinstance(sp, Exception) and "strong_share" in sp[2] for sp in spans) else None)
             calibration = (self.runtime.calibration() if any(
@@ -432,7 +536,10 @@ class TritonPythonModel:
                     out[:] = calibration if name == "calibration" else CALIBRATION_SHARES
                 else:
                     out = np.empty((end - start, 1), dtype=np.float32)
-                    out[:, 0] = (scores if name == "score" else shares)[start:end]
+                    if name == "confidence" and confidence is None:
+                        out[:, 0] = np.nan  # a version without a familiarity reference: unknown
+                    else:
+                        out[:, 0] = {"score": scores, "strong_share": shares, "confidence": confidence}[name][start:end]
                 tensors.append(pb_utils.Tensor(name, out))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

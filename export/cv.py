@@ -1,0 +1,389 @@
+"""``python -m export.cv``: the routing-quality protocol. Every choice is made on training data.
+
+Candidates are scored by cross-validation on the training files only:
+- ``random``: 5 folds at random over the MMLU training prompts (in-domain, familiar subjects);
+- ``subject``: 5 folds that each hold out whole MMLU subjects (the ``source`` field), so every
+  prompt is scored by a model that never saw its subject (unfamiliar domains);
+- ``source``: MMLU and LLMRouter training prompts together, each fold holding out whole subjects
+  or whole LLMRouter tasks (math, code, QA, ...): difficulty that must carry across tasks.
+Then, once per candidate the CV chose, the validation files are scored by the candidate trained
+on all training prompts: mmlu-val, llmrouter-val and zeroeval-ood (MATH level 5 and CRUXEval:
+a different model pair, in no training file). Each file is scored with its own default pair.
+
+Embeddings (the base encoder, mean-pooled, max 128 tokens, as served) are computed once and
+cached under ``.cache/cv/``. Prints a table and writes ``--out`` (JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import metrics
+from export.data import DEFAULT_DATA_DIR, strip_choices
+from export.onnx_head import EmbeddingHead
+from export.served_model import FEATURE_NAMES, LogisticBlend, prompt_features
+
+CACHE = Path(".cache/cv")
+MAX_LENGTH = 128
+FOLDS = 5
+
+
+@dataclass
+class RoutingData:
+    """One file with its default pair's scores, base embeddings and prompt features."""
+
+    name: str
+    prompts: list[str]
+    sources: list[str]
+    weak: np.ndarray
+    strong: np.ndarray
+    emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), np.float32))
+    # The question-only copies (MMLU without its A-D scaffolding) that the index also holds, for the
+    # rows in `qonly_mask` (the rows whose prompt has the scaffolding); other rows' entries are unused.
+    qonly_emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), np.float32))
+    qonly_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), np.float32))
+
+    @property
+    def gap(self) -> np.ndarray:
+        """The kNN label: (strong - weak + 1) / 2 in [0, 1]."""
+        return np.clip((self.strong - self.weak + 1.0) / 2.0, 0.0, 1.0)
+
+    def subset(self, rows: np.ndarray) -> "RoutingData":
+        return RoutingData(self.name, [self.prompts[i] for i in rows], [self.sources[i] for i in rows],
+                           self.weak[rows], self.strong[rows], self.emb[rows], self.qonly_emb[rows],
+                           self.qonly_mask[rows], self.features[rows])
+
+    def index(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The kNN index of these rows: (embeddings, gap labels), question-only copies appended."""
+        if not augment or not self.qonly_mask.any():
+            return self.emb, self.gap
+        return (np.concatenate([self.emb, self.qonly_emb[self.qonly_mask]]),
+                np.concatenate([self.gap, self.gap[self.qonly_mask]]))
+
+
+def load(path: Path, models_json: Path) -> RoutingData:
+    pair = json.loads(models_json.read_text())
+    with path.open(encoding="utf-8") as fh:  # not splitlines(): prompts hold U+2028 and friends
+        recs = [json.loads(line) for line in fh if line.strip()]
+    recs = [r for r in recs if pair["weak"] in r["scores"] and pair["strong"] in r["scores"]]
+    return RoutingData(path.stem, [r["prompt"] for r in recs], [r["source"] for r in recs],
+                       np.array([r["scores"][pair["weak"]] for r in recs], dtype=np.float64),
+                       np.array([r["scores"][pair["strong"]] for r in recs], dtype=np.float64))
+
+
+def _embed(prompts: list[str], encoder: Any) -> np.ndarray:
+    key = hashlib.sha256(("\x00".join(prompts) + f"|{MAX_LENGTH}").encode()).hexdigest()[:20]
+    path = CACHE / f"emb-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    from export.train import predict_embeddings
+
+    tokenizer, model = encoder()
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    out = np.zeros((len(prompts), model.config.hidden_size), np.float32)
+    out[order] = predict_embeddings(model, tokenizer, [prompts[i] for i in order], MAX_LENGTH)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def prepare(data: RoutingData, encoder: Any) -> RoutingData:
+    data.emb = _embed(data.prompts, encoder)
+    stripped = [strip_choices(p) for p in data.prompts]
+    data.qonly_mask = np.array([a != b for a, b in zip(stripped, data.prompts)], dtype=bool)
+    data.qonly_emb = np.zeros_like(data.emb)
+    if data.qonly_mask.any():
+        data.qonly_emb[data.qonly_mask] = _embed([q for q, m in zip(stripped, data.qonly_mask) if m], encoder)
+    data.features = prompt_features(data.prompts)
+    return data
+
+
+# --- scorers: fit on a training RoutingData, score another ----------------------------------------
+@dataclass(frozen=True)
+class KnnSpec:
+    k: int = 200
+    ramp: float = 0.25
+    center: bool = True
+    augment: bool = True  # index the question-only copies too
+
+
+def knn_fit_score(train: RoutingData, test: RoutingData, spec: KnnSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(vote, support) of ``test`` against an index of ``train``."""
+    emb, labels = train.index(spec.augment)
+    head = EmbeddingHead(emb, labels, spec.k, spec.ramp, center=spec.center)
+    return head.vote(head.embed(test.emb))
+
+
+LENGTH_FEATURES = ("log_chars", "log_words", "log_lines")
+# Without the features that mark a benchmark's format (MMLU's A-D options, question marks).
+STRUCTURE_FEATURES = tuple(n for n in FEATURE_NAMES if n not in ("log_choices", "log_question"))
+# --blend-features of `make export`: which prompt features the blend may weigh. `length` is what the
+# cross-validation chose (docs/router-quality.md).
+BLEND_FEATURES = {"length": LENGTH_FEATURES, "structure": STRUCTURE_FEATURES, "all": FEATURE_NAMES}
+BLEND_L2 = 100.0  # chosen by the CV below (1, 100, 1000 tried: 100 and 1000 tie, 1 is lower)
+
+
+def fit_blend(vote: np.ndarray, features: np.ndarray, target: np.ndarray, l2: float = BLEND_L2,
+              features_used: tuple[str, ...] | None = None) -> LogisticBlend:
+    """The served blend (LogisticBlend, in the Triton model's code) fitted by Newton's method on
+    the L2-penalised cross-entropy with soft targets (the gap label). Constant inputs (a vote of
+    0.5 everywhere: the features alone) get a zero weight, and so do features not in
+    ``features_used`` (default: all)."""
+    x = LogisticBlend.inputs(vote, features)
+    unused = [] if features_used is None else [1 + i for i, n in enumerate(FEATURE_NAMES) if n not in features_used]
+    x[:, unused] = 0.0
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    scale[unused] = 1.0  # an unused feature: weight 0, and no blow-up of its served value
+    xs = (x - mean) / scale
+    w, b = np.zeros(xs.shape[1]), 0.0
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(xs @ w + b)))
+        g = np.r_[xs.T @ (p - target) + l2 * w, (p - target).sum()]
+        r = p * (1 - p)
+        h = np.zeros((len(w) + 1, len(w) + 1))
+        h[:-1, :-1] = (xs * r[:, None]).T @ xs + l2 * np.eye(len(w))
+        h[:-1, -1] = h[-1, :-1] = xs.T @ r
+        h[-1, -1] = r.sum()
+        step = np.linalg.solve(h, g)
+        w, b = w - step[:-1], b - step[-1]
+        if np.abs(step).max() < 1e-9:
+            break
+    return LogisticBlend(mean, scale, w, b)
+
+
+def oof_votes(data: RoutingData, folds: np.ndarray, spec: KnnSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(vote, support) of every row from an index of the other folds' rows."""
+    vote, support = np.zeros(len(data.prompts)), np.zeros(len(data.prompts))
+    for f in np.unique(folds):
+        test = np.where(folds == f)[0]
+        vote[test], support[test] = knn_fit_score(data.subset(np.where(folds != f)[0]), data.subset(test), spec)
+    return vote, support
+
+
+@dataclass
+class BlendFit:
+    blend: LogisticBlend
+    familiar_vote: np.ndarray  # random-fold out-of-fold votes of the training rows (unseen, in-domain)
+    familiar_support: np.ndarray  # their supports: the confidence's reference
+
+
+def train_blend(train: RoutingData, spec: KnnSpec, use_knn: bool = True, blend: LogisticBlend | None = None,
+                features_used: tuple[str, ...] | None = None) -> BlendFit:
+    """The blend for an index of ``train``: fitted on out-of-fold votes of both regimes, familiar
+    (random folds) and unfamiliar (whole sources held out), each row once per regime. With
+    ``blend`` given (another precision's), only the familiar votes and supports are computed."""
+    n = len(train.prompts)
+    if not use_knn:
+        half = np.full(n, 0.5)
+        return BlendFit(fit_blend(half, train.features, train.gap), half, np.zeros(n))
+    familiar, support = oof_votes(train, random_folds(n, seed=1), spec)
+    if blend is not None:
+        return BlendFit(blend, familiar, support)
+    unfamiliar = oof_votes(train, group_folds(train.sources, seed=1), spec)[0]
+    blend = fit_blend(np.r_[familiar, unfamiliar], np.concatenate([train.features] * 2), np.r_[train.gap, train.gap],
+                      features_used=features_used)
+    return BlendFit(blend, familiar, support)
+
+
+# --- folds ---------------------------------------------------------------------------------------
+def random_folds(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n) % FOLDS
+
+
+def group_folds(groups: list[str], seed: int = 0) -> np.ndarray:
+    """Whole groups per fold, balanced by size (largest first into the smallest fold); random folds
+    when there is only one group (nothing to hold out)."""
+    names, counts = np.unique(groups, return_counts=True)
+    if len(names) < 2:
+        return random_folds(len(groups), seed)
+    rng = np.random.default_rng(seed)
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], rng.random()))
+    sizes, fold_of = np.zeros(FOLDS), {}
+    for i in order:
+        f = int(np.argmin(sizes))
+        fold_of[names[i]] = f
+        sizes[f] += counts[i]
+    return np.array([fold_of[g] for g in groups])
+
+
+def concat(parts: list[RoutingData], name: str) -> RoutingData:
+    return RoutingData(name, sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
+                       *(np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("weak", "strong", "emb", "qonly_emb", "qonly_mask", "features")))
+
+
+# --- the protocol --------------------------------------------------------------------------------
+Fit = Callable[[RoutingData, RoutingData], np.ndarray]
+
+
+def oof(data: RoutingData, folds: np.ndarray, fit: Fit) -> np.ndarray:
+    """Every row scored by ``fit`` trained on the other folds' rows (nested: a blend's own
+    out-of-fold votes come from inside the training folds only)."""
+    out = np.zeros(len(data.prompts))
+    for f in np.unique(folds):
+        test = np.where(folds == f)[0]
+        out[test] = fit(data.subset(np.where(folds != f)[0]), data.subset(test))
+    return out
+
+
+def report(scores: np.ndarray, data: RoutingData, by_source: bool = False) -> dict[str, Any]:
+    m = metrics.routing_metrics(scores, data.weak, data.strong)
+    row: dict[str, Any] = {"apgr": round(m.apgr, 4), "strong_share_at_95": round(m.strong_share_at_95, 4),
+                           "n": len(scores)}
+    if by_source:  # macro average over the sources where the stronger model is better at all
+        per = {}
+        for src in sorted(set(data.sources)):
+            idx = np.array([s == src for s in data.sources])
+            if idx.sum() >= 10 and data.strong[idx].mean() > data.weak[idx].mean() + 0.02:
+                per[src] = round(metrics.apgr(scores[idx], data.weak[idx], data.strong[idx]), 4)
+        row["per_source"] = per
+        row["macro_apgr"] = round(float(np.mean(list(per.values()))), 4)
+    return row
+
+
+def blend_fit(spec: KnnSpec, use_knn: bool, features_used: tuple[str, ...] | None = None) -> Fit:
+    """The blend recipe as a candidate: trained on ``train`` (its own out-of-fold votes), scoring ``test``."""
+    def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
+        model = train_blend(train, spec, use_knn, features_used=features_used).blend
+        vote = knn_fit_score(train, test, spec)[0] if use_knn else np.full(len(test.prompts), 0.5)
+        return model(vote, test.features).astype(np.float64)
+    return fit
+
+
+def served_cv(data: RoutingData, spec: KnnSpec, features_used: tuple[str, ...] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The blend recipe's cross-validated APGR on its own training rows (what `make export` records
+    and `make eval` prints): random folds (familiar prompts) and folds that hold out whole
+    sources (MMLU subjects, LLMRouter tasks: unfamiliar prompts), reported for the MMLU rows and
+    for the other rows."""
+    fit = blend_fit(spec, True, features_used)
+    mmlu = np.array([s.startswith("mmlu/") for s in data.sources])
+    out: dict[str, Any] = {}
+    for protocol, folds in (("random", random_folds(len(data.prompts))), ("grouped", group_folds(data.sources))):
+        log(f">> cross-validation ({protocol} folds) of the blend recipe on {len(data.prompts)} training prompts")
+        scores = oof(data, folds, fit)
+        out[protocol] = {part: report(scores[rows], data.subset(rows), by_source=part == "other")
+                         for part, rows in (("mmlu", np.where(mmlu)[0]), ("other", np.where(~mmlu)[0])) if len(rows)}
+    return out
+
+
+def candidates(spec: KnnSpec) -> dict[str, Fit]:
+    """name -> fit(train, test) -> scores."""
+
+    def knn(train: RoutingData, test: RoutingData) -> np.ndarray:
+        return knn_fit_score(train, test, spec)[0]
+
+    def length(train: RoutingData, test: RoutingData) -> np.ndarray:
+        return np.array([len(p) for p in test.prompts], dtype=np.float64)
+
+    return {"length": length, "knn": knn, "features": blend_fit(spec, False),
+            "knn+features": blend_fit(spec, True, FEATURE_NAMES), "knn+length": blend_fit(spec, True, LENGTH_FEATURES),
+            "knn+structure": blend_fit(spec, True, STRUCTURE_FEATURES)}
+
+
+def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: int, spec: KnnSpec,
+                      below: float = 0.05) -> list[dict[str, Any]]:
+    """What the confidence flags, per set: the share of prompts below ``below``, how often the
+    strong model is better on them and on the rest, and the vote's APGR when the flagged prompts
+    are sent strong (or weak) first. Out-of-fold votes for the training files."""
+    familiar = oof_votes(both, random_folds(len(both.prompts)), spec)
+    grouped = oof_votes(both, group_folds(both.sources), spec)
+    reference = np.sort(familiar[1])
+    mmlu, other = np.arange(n_mmlu), np.arange(n_mmlu, len(both.prompts))
+    cases = [("MMLU, random folds", familiar, both.subset(mmlu), mmlu),
+             ("MMLU, held-out subjects", grouped, both.subset(mmlu), mmlu),
+             ("other files, held-out tasks", grouped, both.subset(other), other)]
+    cases += [(name, knn_fit_score(both, sets[name], spec), sets[name], None)
+              for name in ("mmlu-val", "llmrouter-val", "zeroeval-ood")]
+    rows = []
+    for name, (vote, support), data, idx in cases:
+        if idx is not None:
+            vote, support = vote[idx], support[idx]
+        low = np.searchsorted(reference, support, side="right") / len(reference) < below
+        better = data.strong > data.weak
+        rows.append({"set": name, "below": round(float(low.mean()), 4),
+                     "strong_better_below": round(float(better[low].mean()), 3) if low.any() else None,
+                     "strong_better_above": round(float(better[~low].mean()), 3),
+                     "apgr_vote": round(metrics.apgr(vote, data.weak, data.strong), 4),
+                     "apgr_low_strong_first": round(metrics.apgr(np.where(low, 2.0, vote), data.weak, data.strong), 4),
+                     "apgr_low_weak_first": round(metrics.apgr(np.where(low, -1.0, vote), data.weak, data.strong), 4)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.cv", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--only", nargs="*", help="candidate names (default: all)")
+    p.add_argument("--k", type=int, default=KnnSpec.k)
+    p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
+    p.add_argument("--confidence", action="store_true",
+                   help="instead of the candidates: what the confidence (familiarity) flags, per set")
+    a = p.parse_args(argv)
+    d = a.data_dir
+    from export.train import load_encoder
+    from export.pipeline import default_base_model
+
+    cache: dict[str, Any] = {}
+
+    def encoder() -> Any:
+        if "enc" not in cache:
+            import torch
+
+            torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
+            cache["enc"] = load_encoder(default_base_model())
+        return cache["enc"]
+
+    t0 = time.monotonic()
+    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), encoder) for name, models in [
+        ("mmlu-train", "models.json"), ("mmlu-val", "models.json"), ("llmrouter-train", "llmrouter-models.json"),
+        ("llmrouter-val", "llmrouter-models.json"), ("zeroeval-ood", "zeroeval-models.json")]}
+    print(f">> data and embeddings ready in {time.monotonic() - t0:.0f}s", flush=True)
+    mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
+    both = concat([mmlu, lr], "mmlu+llmrouter-train")
+    spec = KnnSpec(k=a.k)
+    if a.confidence:
+        for row in confidence_report(sets, both, len(mmlu.prompts), spec):
+            print(json.dumps(row), flush=True)
+        return 0
+    results: dict[str, Any] = {}
+    for name, fit in candidates(spec).items():
+        if a.only and name not in a.only:
+            continue
+        t = time.monotonic()
+        row: dict[str, Any] = {
+            "cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu),
+            "cv_subject_mmlu": report(oof(mmlu, group_folds(mmlu.sources), fit), mmlu),
+        }
+        src = oof(both, group_folds(both.sources), fit)
+        n_mmlu = len(mmlu.prompts)
+        row["cv_source_mmlu"] = report(src[:n_mmlu], mmlu)
+        row["cv_source_llmrouter"] = report(src[n_mmlu:], lr, by_source=True)
+        for val in ("mmlu-val", "llmrouter-val", "zeroeval-ood"):
+            row[f"val_{val}"] = report(fit(both, sets[val]), sets[val], by_source=val != "mmlu-val")
+        row["seconds"] = round(time.monotonic() - t, 1)
+        results[name] = row
+        print(json.dumps({name: row}), flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=1) + "\n")
+    cols = ["cv_random_mmlu", "cv_subject_mmlu", "cv_source_mmlu", "cv_source_llmrouter", "val_mmlu-val",
+            "val_llmrouter-val", "val_zeroeval-ood"]
+    print("\n| candidate | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
+    for name, row in results.items():
+        cells = [f"{row[c]['apgr']:.3f}" + (f" ({row[c]['macro_apgr']:.3f})" if "macro_apgr" in row[c] else "")
+                 for c in cols]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
