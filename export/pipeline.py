@@ -105,8 +105,8 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--base-model", type=Path, help="local Hugging Face model dir (default: all-MiniLM-L6-v2 package)")
     p.add_argument("--head", choices=("blend", "ensemble", "knn", "classifier"), default=ExportOptions.head,
                    help="blend (default): a nearest-neighbour vote over the training prompts' base-encoder "
-                        "embeddings, blended with prompt features (length, code, math, lists, constraints, ...) by a "
-                        "logistic regression fitted on out-of-fold votes (familiar and held-out subjects/tasks), "
+                        "embeddings, blended with prompt features (the prompt's length by default: --blend-features) "
+                        "by a logistic regression fitted on out-of-fold votes (familiar and held-out subjects/tasks), "
                         "trained on the MMLU file and --extra-train; serves a confidence (how familiar the prompt "
                         "is) and a calibration from out-of-fold training scores; no fine-tuning. ensemble: the vote "
                         "blended by rank with a fine-tuned 3-class classifier (the previous default; calibrated on "
@@ -180,7 +180,8 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         model_name=a.model_name,
         limit_train=a.limit_train,
         limit_val=a.limit_val,
-        head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight, knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
+        head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight,
+        knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
         knn_center=a.knn_center, augment=a.augment,
         precision=a.precision,
         train_options=TrainOptions(

@@ -171,7 +171,7 @@ class ClassifierRuntime:
         # An embedding head runs inside the graph (export/onnx_head.py): the graph returns the kNN
         # vote (and the classifier branch's score); only the ensemble's rank blend runs here.
         self.embedding_head = KNN_OUTPUT in outputs
-        self.signals: LogisticBlend | None = None  # the blend of the vote, its support and prompt features
+        self.signals: LogisticBlend | None = None  # blend head: the vote and the prompt features
         self.familiarity: Familiarity | None = None
         if self.embedding_head:
             self.score_outputs = [KNN_OUTPUT] + ([CLF_OUTPUT] if CLF_OUTPUT in outputs else [])
@@ -282,7 +282,7 @@ class ClassifierRuntime:
         """(score, confidence or None) per text. Confidence, for a version with a signal blend: the
         share of the version's reference prompts (unseen in-domain prompts) that are no more
         familiar than this one, by the mean similarity of the nearest index prompts; near 0, the
-        prompt is unlike the training data and its score leans on the prompt features."""
+        prompt is unlike the training data."""
         if not self.embedding_head:
             return probabilities(self.logits(texts), self.positive_index), None
         if self.signals is None:
