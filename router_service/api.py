@@ -143,6 +143,25 @@ def completions() -> Response:
     return _serve(parse_body(CompletionRequest, request.get_data(cache=False)))
 
 
+@bp.post("/v1/router/route")
+def route() -> Response:
+    """The decision for a chat-completions body, without forwarding it: what chat completions
+    would do with the same body (the same validation and errors; nothing is generated or billed)."""
+    req = parse_body(ChatCompletionRequest, request.get_data(cache=False))
+    return jsonify(decision_json(req, state().router.decide(req)))
+
+
+def decision_json(req: GenerationRequest, d: Decision) -> dict[str, Any]:
+    return {
+        "object": "router.decision", "model": req.model, "policy": d.policy, "target": d.target,
+        "fallbacks": list(d.candidates[1:]), "reason": d.reason, "score": d.score, "confidence": d.confidence,
+        "threshold": d.threshold, "strong_share": d.strong_share, "score_strong_share": d.score_share,
+        "degraded": d.degraded, "classifier_model_version": d.model_version, "classifier_ms": d.classifier_ms,
+        "constraints": {"private_data": d.private, "fields_needing_support": list(req.needs),
+                        "prompt_tokens": d.prompt_tokens, "escalated": d.reason.endswith(":escalated")},
+    }
+
+
 def _policy_entry(st: RouterState, name: str, model_id: str) -> dict[str, Any]:
     strategy = st.router.strategies[name]
     info: dict[str, Any] = {"kind": "policy", "policy": name, "policy_kind": strategy.settings.KIND,

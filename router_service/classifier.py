@@ -19,6 +19,7 @@ class Classification:
     # How familiar the prompt is, in [0, 1]: the share of the model's unseen in-domain reference
     # prompts that are no more similar to its training data. None when the model does not say.
     confidence: float | None = None
+    model_version: str | None = None  # the served model version that answered, when the server says
 
 
 class Classifier(Protocol):

@@ -63,7 +63,8 @@ class ClassifierClient:
         scores = result.as_numpy(self.SCORE)
         if scores is None:
             raise ClassifierUnavailable(f"classifier {self.model!r} returned no '{self.SCORE}' output")
-        return [Classification(float(s), share, confidence) for s, share, confidence in
+        version = result.get_response().model_version or None
+        return [Classification(float(s), share, confidence, version) for s, share, confidence in
                 zip(scores.reshape(-1), self._optional(result, self.SHARE, len(texts)),
                     self._optional(result, self.CONFIDENCE, len(texts)))]
 

@@ -40,6 +40,13 @@ def _generation(summary: str, model: str) -> dict[str, Any]:
                       **_errors(400, 404, 413, 429, 502, 503, 504)}}}
 
 
+def _route() -> dict[str, Any]:
+    body = _generation("The routing decision for a chat-completions body, without forwarding it",
+                       "ChatCompletionRequest")
+    body["post"]["responses"]["200"] = _answer("the decision (docs/api.md)", _OBJECT)
+    return body
+
+
 def _get(summary: str, *errors: int) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": _answer("OK", _OBJECT), **_errors(*errors)}}}
 
@@ -56,6 +63,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/chat/completions": _generation("Chat completion, routed", "ChatCompletionRequest"),
             "/v1/completions": _generation("Legacy text completion, routed", "CompletionRequest"),
+            "/v1/router/route": _route(),
             "/v1/models": _get("Policies and targets"),
             "/v1/router/stats": _get("Running usage, cost, savings, breakers and calibration"),
             "/health/live": _get("Liveness"),

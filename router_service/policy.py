@@ -19,7 +19,9 @@ This module decides; it knows neither HTTP (it raises routing_errors) nor prices
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,9 @@ class Decision:
     reason: str
     score: float | None = None
     confidence: float | None = None  # how familiar the prompt is to the classifier, when it says
+    score_share: float | None = None  # the share of calibration traffic scoring at or above this prompt
+    model_version: str | None = None  # the classifier model version that scored it
+    classifier_ms: float | None = None  # the classification call's duration
     threshold: float | None = None
     strong_share: float | None = None
     degraded: bool = False  # the classifier was unavailable; the policy failed open
@@ -123,6 +128,7 @@ class Router:
             if rule.matches(text):
                 return Decision((rule.target,), policy.name, f"rule:{rule.name}", private=private,
                                 baseline_target=strategy.strongest)
+        started = time.perf_counter()
         try:
             classification = self.classifiers[policy.classifier].classify([text])[0]
         except ClassifierUnavailable:
@@ -136,7 +142,9 @@ class Router:
                 and classification.confidence < low.below):
             target, reason = self._low_confidence_target(strategy, low.action, low.prior_share, text), "low_confidence"
         return Decision((target,), policy.name, reason, score=classification.score,
-                        confidence=classification.confidence, threshold=pick.threshold,
+                        confidence=classification.confidence, score_share=classification.strong_share,
+                        model_version=classification.model_version,
+                        classifier_ms=(time.perf_counter() - started) * 1000, threshold=pick.threshold,
                         strong_share=pick.strong_share, private=private, baseline_target=strategy.strongest)
 
     @staticmethod
@@ -192,10 +200,8 @@ class Router:
         # Fallbacks come from the chosen (or escalated-to) target's own list, not the escalation chain.
         head = allowed[0]
         fallbacks = [f for f in self._targets[head].fallbacks if f in allowed and f != head]
-        return Decision(candidates=(head, *fallbacks), policy=choice.policy, reason=reason, score=choice.score,
-                        confidence=choice.confidence, threshold=choice.threshold, strong_share=choice.strong_share, degraded=choice.degraded,
-                        private=choice.private, baseline_target=choice.baseline_target,
-                        prompt_tokens=self._prompt_tokens(self._targets[head], request, counted))
+        return dataclasses.replace(choice, candidates=(head, *fallbacks), reason=reason,
+                                   prompt_tokens=self._prompt_tokens(self._targets[head], request, counted))
 
     def _refuse(self, ordered: list[str], request: GenerationRequest, private: str | None,
                 counted: dict[int, int]) -> None:

@@ -330,3 +330,39 @@ def test_low_confidence_action(triton: TritonServer, tmp_path: Path, routing_dat
         assert high.headers["x-router-reason"] == "classifier" and high.headers["x-router-target"] != target
         stats = requests.get(url + "/v1/router/stats", timeout=10).json()
         assert stats["low_confidence"] == 1 and stats["classified_with_confidence"] == 2
+
+
+# --- the decision API: what chat completions would do, without forwarding ---
+
+def test_decision_api_agrees_with_chat_completions(router_url: str, triton: TritonServer) -> None:
+    client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    for prompt in PROMPTS:
+        for router in ({}, {"threshold": 0.0}, {"strong_share": 0.5}):
+            body = {"model": "router", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
+                    **({"router": router} if router else {})}
+            decision = requests.post(router_url + "/v1/router/route", json=body, timeout=30)
+            assert decision.status_code == 200, decision.text
+            d = decision.json()
+            served = requests.post(router_url + CHAT, json=body, timeout=120)
+            assert served.status_code == 200
+            assert d["object"] == "router.decision" and d["policy"] == "default" and d["reason"] == "classifier"
+            assert d["target"] == served.headers["x-router-target"] == served.json()["model"]
+            assert d["score"] == pytest.approx(float(served.headers["x-router-score"]), abs=1e-6)
+            expected = client.classify([prompt])[0]
+            assert d["score_strong_share"] == pytest.approx(expected.strong_share, abs=1e-6)
+            assert d["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+            assert d["classifier_model_version"] == expected.model_version == "1"
+            assert d["classifier_ms"] > 0 and d["constraints"]["prompt_tokens"] > 0
+            if router.get("threshold") is not None:
+                assert d["threshold"] == 0.0 and d["target"] == "gemma3-270m"
+    manual = requests.post(router_url + "/v1/router/route", timeout=30,
+                           json={"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert manual["policy"] is None and manual["reason"] == "manual" and manual["score"] is None
+    private = requests.post(router_url + "/v1/router/route", timeout=30,
+                            json={"model": "router", "messages": [{"role": "user", "content": "mail a@b.example"}]})
+    assert private.json()["constraints"]["private_data"] == "email"
+    # The same validation and errors as chat completions.
+    for bad, status in (({"model": "router", "messages": []}, 400), ({"model": "nope", "messages": PROMPTS[:0]}, 400),
+                        ({"model": "router:nope", "messages": [{"role": "user", "content": "x"}]}, 404)):
+        assert requests.post(router_url + "/v1/router/route", json=bad, timeout=30).status_code == status
+        assert requests.post(router_url + CHAT, json=bad, timeout=30).status_code == status
