@@ -37,7 +37,7 @@ class ClassifierClient:
         self._outputs: list[grpcclient.InferRequestedOutput] | None = None
 
     def _requested_outputs(self) -> list[grpcclient.InferRequestedOutput]:
-        """SCORE, plus SHARE when the served model has it (read once from its metadata)."""
+        """SCORE, plus SHARE and CONFIDENCE when the served model has them (read once from its metadata)."""
         if self._outputs is None:
             with self._lock:
                 meta = self._client.get_model_metadata(self.model, self.version, as_json=True,
@@ -47,6 +47,14 @@ class ClassifierClient:
                                  if n in names]
         return self._outputs
 
+    def _drop_newer_outputs(self, outputs: list[grpcclient.InferRequestedOutput]) -> bool:
+        """Stop asking for the outputs older versions lack; False when there were none to drop."""
+        older = [o for o in outputs if o.name() != self.CONFIDENCE]
+        if len(older) == len(outputs):
+            return False
+        self._outputs = older
+        return True
+
     def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput]):  # noqa: ANN202
         batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         inp = grpcclient.InferInput(self.INPUT, list(batch.shape), "BYTES")
@@ -55,8 +63,16 @@ class ClassifierClient:
                                   client_timeout=self.timeout_s)
 
     def classify(self, texts: Sequence[str]) -> list[Classification]:
+        outputs = self._requested_outputs()
         try:
-            result = self._infer(texts, self._requested_outputs())
+            try:
+                result = self._infer(texts, outputs)
+            except InferenceServerException as exc:
+                if "unknown outputs" not in str(exc.message()) or not self._drop_newer_outputs(outputs):
+                    raise
+                # A version exported before `confidence` existed, served with today's config.pbtxt
+                # (e.g. mid-upgrade): ask it for what its model.py knows.
+                result = self._infer(texts, self._requested_outputs())
         except InferenceServerException as exc:
             self._outputs = None  # the model may have been reloaded with other outputs
             raise ClassifierUnavailable(f"classifier {self.model!r} failed: {exc.message()}") from exc

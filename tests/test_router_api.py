@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,28 @@ def test_decision_api_agrees_with_chat_completions(router_url: str, triton: Trit
                         ({"model": "router:nope", "messages": [{"role": "user", "content": "x"}]}, 404)):
         assert requests.post(router_url + "/v1/router/route", json=bad, timeout=30).status_code == status
         assert requests.post(router_url + CHAT, json=bad, timeout=30).status_code == status
+
+
+def test_a_version_from_before_confidence_still_routes(model_repo: Path, tmp_path: Path) -> None:
+    """A version exported by an older model.py (no `confidence` output), served with today's
+    config.pbtxt as during an upgrade: the router still classifies, without a confidence."""
+    code = (ROOT / "model_repository" / "router_classifier" / "model.py").read_text()
+    # The older contract: the same code without the `confidence` output (it refuses unknown outputs).
+    old_code = code.replace('OUTPUTS = ("score", "strong_share", "confidence",', 'OUTPUTS = ("score", "strong_share",')
+    assert old_code != code
+    repo = tmp_path / "repo"
+    (repo / "router_classifier").mkdir(parents=True)
+    (repo / "router_classifier" / "config.pbtxt").write_text(
+        (model_repo / "router_classifier" / "config.pbtxt").read_text())
+    version = repo / "router_classifier" / "1"
+    shutil.copytree(model_repo / "router_classifier" / "1", version)
+    (version / "model.py").write_text(old_code)
+    server = TritonServer(repo, ports=TritonPorts.free(), log_file=tmp_path / "triton.log")
+    server.start(timeout_s=300)
+    try:
+        client = ClassifierClient(server.grpc_url, "router_classifier", timeout_s=30)
+        first, second = client.classify(PROMPTS[:1]), client.classify(PROMPTS[1:2])
+        assert first[0].confidence is None and second[0].confidence is None
+        assert 0.0 <= first[0].score <= 1.0 and first[0].strong_share is not None
+    finally:
+        server.stop()
