@@ -159,7 +159,7 @@ class _Generation(_Body):
         return self.max_tokens, "max_tokens"
 
     def to_generation(self) -> GenerationRequest:
-        router = self.router or RouterOptions()
+        router = self.router
         max_tokens, max_tokens_param = self._budget()
         stop = self.stop
         passthrough = {name: getattr(self, name) for name in self.model_fields_set - self.CORE}
@@ -168,7 +168,8 @@ class _Generation(_Body):
             max_tokens_param=max_tokens_param, temperature=self.temperature, top_p=self.top_p,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()), seed=self.seed, stream=bool(self.stream),
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
-            router=RouterOverrides(policy=router.policy, threshold=router.threshold, strong_share=router.strong_share),
+            router=RouterOverrides() if router is None else
+            RouterOverrides(policy=router.policy, threshold=router.threshold, strong_share=router.strong_share),
             passthrough={k: v for k, v in passthrough.items() if v is not None})
 
 

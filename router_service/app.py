@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from .accounting import Accounting
 from .api import RouterState
@@ -28,7 +29,8 @@ def create_app(config: RouterConfig | None = None) -> Flask:
         config = load_config(os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # answers keep the order they are built in
     classifiers = {
         c.name: ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
         for c in config.classifiers

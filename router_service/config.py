@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
     """The configuration file is missing, unreadable or invalid."""
 
 
-def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
     """Recursively replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``."""
     env = os.environ if environ is None else environ
 
@@ -131,12 +132,18 @@ class RuleConfig(StrictModel):
         return self
 
 
+PrivacyKind = Literal["email", "credit_card", "iban", "phone"]
+
+
+def _default_privacy_kinds() -> list[PrivacyKind]:
+    return ["email", "credit_card"]
+
+
 class PrivacyConfig(StrictModel):
     """Prompts matching these stay on self-hosted targets, fallbacks included."""
 
     enabled: bool = True
-    builtin: list[Literal["email", "credit_card", "iban", "phone"]] = Field(
-        default_factory=lambda: ["email", "credit_card"])
+    builtin: list[PrivacyKind] = Field(default_factory=_default_privacy_kinds)
     patterns: list[str] = Field(default_factory=list)
 
     @field_validator("patterns")

@@ -51,7 +51,8 @@ def compile_rules(rules: list[RuleConfig]) -> list[CompiledRule]:
 class PrivacyDetector:
     def __init__(self, config: PrivacyConfig) -> None:
         self.enabled = config.enabled
-        self._patterns = [(name, re.compile(BUILTIN_PRIVACY_PATTERNS[name])) for name in config.builtin]
+        self._patterns: list[tuple[str, re.Pattern[str]]] = [
+            (name, re.compile(BUILTIN_PRIVACY_PATTERNS[name])) for name in config.builtin]
         self._patterns += [(f"pattern:{p}", re.compile(p)) for p in config.patterns]
 
     def find(self, text: str) -> str | None:

@@ -3,7 +3,7 @@
 one line in ``STRATEGIES`` below; the config schema and the decision engine pick it up."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
@@ -23,12 +23,16 @@ def _kind(value: Any) -> str | None:
     return kind if kind in STRATEGIES else None  # None: pydantic reports the custom error below
 
 
-# The config's `policies` entries: validated by the settings model of their `kind`.
-PolicyConfig = Annotated[
-    Union[tuple(Annotated[cls.settings_model, Tag(kind)] for kind, cls in STRATEGIES.items())],  # type: ignore[misc]
-    Discriminator(_kind, custom_error_type="policy_kind",
-                  custom_error_message=f"policy kind must be one of {sorted(STRATEGIES)}"),
-]
+# The config's `policies` entries: validated by the settings model of their `kind` (for type
+# checkers: any PolicySettings, the union being built from the registry at run time).
+if TYPE_CHECKING:
+    PolicyConfig = PolicySettings
+else:
+    PolicyConfig = Annotated[
+        Union[tuple(Annotated[cls.settings_model, Tag(kind)] for kind, cls in STRATEGIES.items())],
+        Discriminator(_kind, custom_error_type="policy_kind",
+                      custom_error_message=f"policy kind must be one of {sorted(STRATEGIES)}"),
+    ]
 
 
 def build_strategy(settings: PolicySettings) -> RoutingStrategy[Any]:

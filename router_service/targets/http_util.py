@@ -64,7 +64,8 @@ def upstream_call(target: str) -> Iterator[None]:
 
 def iter_sse_json(resp: requests.Response, target: str) -> Iterator[dict[str, Any]]:
     """Yield the JSON payload of each ``data:`` event until ``[DONE]`` or the end of the stream."""
-    for line in resp.iter_lines(chunk_size=None, decode_unicode=False):
+    # chunk_size None: lines as the data arrives (requests accepts it; its stubs say int only).
+    for line in resp.iter_lines(chunk_size=None, decode_unicode=False):  # type: ignore[call-overload]
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
