@@ -63,8 +63,8 @@ class ClassifierClient:
                                   client_timeout=self.timeout_s)
 
     def classify(self, texts: Sequence[str]) -> list[Classification]:
-        outputs = self._requested_outputs()
         try:
+            outputs = self._requested_outputs()
             try:
                 result = self._infer(texts, outputs)
             except InferenceServerException as exc:
