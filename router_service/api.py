@@ -4,14 +4,16 @@ request (api_models) -> decision (policy.Router, which calls the classifier) -> 
 This module knows HTTP and nothing about how a target is chosen or what tokens cost."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from . import openai_format as fmt
 from .accounting import Accounting, Receipt
@@ -21,6 +23,7 @@ from .dispatch import Dispatcher, Served
 from .errors import target_error
 from .generation import GenerationRequest, Usage
 from .policy import POLICY_MODEL, Decision, Router
+from .request_log import RequestLog
 from .targets import TargetError
 
 bp = Blueprint("openai_api", __name__)
@@ -34,22 +37,60 @@ class RouterState:
     router: Router
     dispatcher: Dispatcher
     accounting: Accounting
+    request_log: RequestLog
 
 
 def state() -> RouterState:
     return current_app.extensions["router"]
 
 
+# A client's X-Request-ID is kept when it is a plain token (it travels on to the upstream and
+# into the logs); anything else is replaced by an id of our own.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 @bp.before_app_request
 def _start_clock() -> None:
     g.t0 = time.perf_counter()
-    g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 @bp.after_app_request
 def _request_id_header(resp: Response) -> Response:
     resp.headers["x-request-id"] = g.get("request_id", "")
+    streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200  # a stream logs when it ends
+    if not streaming and not request.path.startswith("/health/"):  # probes would drown the traffic
+        _log_request(resp.status_code, g.get("decision"), g.get("served"), g.get("receipt"), g.get("upstream_s"),
+                     g.get("generation"), g.get("answer"))
     return resp
+
+
+def _log_request(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
+                 upstream_s: float | None, req: GenerationRequest | None, answer: str | None) -> None:
+    st = state()
+    total_s = time.perf_counter() - g.t0
+    st.request_log.emit({
+        "request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": status,
+        "model": None if req is None else req.model, "stream": None if req is None else req.stream,
+        "policy": None if decision is None else decision.policy or "manual",
+        "target": served.target if served is not None else (None if decision is None else decision.target),
+        "reason": None if decision is None else decision.reason,
+        "score": None if decision is None else decision.score,
+        "confidence": None if decision is None else decision.confidence,
+        "strong_share": None if decision is None else decision.strong_share,
+        "model_version": None if decision is None else decision.model_version,
+        "fallback_from": None if served is None or not served.fell_back else list(served.attempts[:-1]),
+        "duration_ms": round(total_s * 1000, 3),
+        "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
+        "overhead_ms": None if upstream_s is None else round((total_s - upstream_s) * 1000, 3),
+        "prompt_tokens": None if receipt is None else receipt.usage.prompt_tokens,
+        "completion_tokens": None if receipt is None else receipt.usage.completion_tokens,
+        "cost_usd": None if receipt is None else round(receipt.cost_usd, 10),
+        # Dropped by the log unless the operator opted in (server.log_prompts).
+        "prompt": None if req is None or not st.request_log.log_prompts else [m.content for m in req.messages],
+        "answer": answer if st.request_log.log_prompts else None,
+    })
 
 
 def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> dict[str, str]:
@@ -72,7 +113,8 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
 
 def _serve(req: GenerationRequest) -> Response:
     st = state()
-    decision = st.router.decide(req)
+    req = g.generation = dataclasses.replace(req, request_id=g.request_id)
+    decision = g.decision = st.router.decide(req)
     if req.stream:
         return _serve_stream(req, decision)
     t_up = time.perf_counter()
@@ -81,9 +123,12 @@ def _serve(req: GenerationRequest) -> Response:
     except TargetError:
         st.accounting.failed(decision.target)
         raise
-    upstream_s = time.perf_counter() - t_up
+    finally:
+        g.upstream_s = time.perf_counter() - t_up
+    upstream_s = g.upstream_s
     receipt = st.accounting.settle(decision, served.target, completion.usage, completion.text,
                                    fell_back=served.fell_back)
+    g.served, g.receipt, g.answer = served, receipt, completion.text
     resp = jsonify(fmt.render(req.kind, fmt.new_id(req.kind), served.target, completion, receipt.usage))
     resp.headers.update(_routing_headers(decision, served, time.perf_counter() - g.t0 - upstream_s))
     resp.headers["x-router-cost-usd"] = f"{receipt.cost_usd:.8f}"
@@ -93,17 +138,19 @@ def _serve(req: GenerationRequest) -> Response:
 def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
     st = state()
     overhead_s = time.perf_counter() - g.t0
+    t_up = time.perf_counter()
     try:
         # The first chunk is pulled before answering: a target that is down gets a real HTTP
         # error (or a fallback), not a 200 with an error inside.
         first, chunks, served = st.dispatcher.stream(decision.candidates, req)
     except TargetError:
+        g.upstream_s = time.perf_counter() - t_up
         st.accounting.failed(decision.target)
         raise
     chunk = fmt.chunker(req.kind, fmt.new_id(req.kind), int(time.time()), served.target)
 
     def events() -> Iterator[str]:
-        usage, finish_reason, texts = Usage(), None, []
+        usage, finish_reason, texts, receipt, status = Usage(), None, [], None, 200
         if req.is_chat:
             yield chunk({"role": "assistant", "content": ""})
         try:
@@ -116,17 +163,21 @@ def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
                                 part.finish_reason, choice_extra=part.choice_extra)
             if finish_reason is None:
                 yield chunk({}, "stop")
-            receipt: Receipt = st.accounting.settle(decision, served.target, usage, "".join(texts),
-                                                    fell_back=served.fell_back)
+            receipt = st.accounting.settle(decision, served.target, usage, "".join(texts), fell_back=served.fell_back)
             if req.include_usage:
                 yield chunk(None, usage=receipt.usage)
         except TargetError as err:
             # The headers are gone already: the error travels in the stream, which then ends.
             st.accounting.failed(served.target)
+            status = err.status
             yield fmt.sse(target_error(err).body())
+        finally:
+            # The status is the stream's outcome (an error inside a 200 stream logs its own status).
+            _log_request(status, decision, served, receipt, time.perf_counter() - t_up, req, "".join(texts))
         yield fmt.SSE_DONE
 
-    resp = Response(events(), mimetype="text/event-stream")
+    # The request's context lives until the stream ends: its log line is written then.
+    resp = Response(stream_with_context(events()), mimetype="text/event-stream")
     resp.headers.update(_routing_headers(decision, served, overhead_s))
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"
@@ -147,8 +198,9 @@ def completions() -> Response:
 def route() -> Response:
     """The decision for a chat-completions body, without forwarding it: what chat completions
     would do with the same body (the same validation and errors; nothing is generated or billed)."""
-    req = parse_body(ChatCompletionRequest, request.get_data(cache=False))
-    return jsonify(decision_json(req, state().router.decide(req)))
+    req = g.generation = parse_body(ChatCompletionRequest, request.get_data(cache=False))
+    decision = g.decision = state().router.decide(req)
+    return jsonify(decision_json(req, decision))
 
 
 def decision_json(req: GenerationRequest, d: Decision) -> dict[str, Any]:

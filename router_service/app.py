@@ -16,6 +16,7 @@ from .errors import register_error_handlers
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .policy import Router
+from .request_log import RequestLog
 from .stats import Stats
 from .targets import build_targets
 from .token_count import TokenCounters
@@ -36,10 +37,12 @@ def create_app(config: RouterConfig | None = None) -> Flask:
         for c in config.classifiers
     }
     counters = TokenCounters({t.name: t.tokenizer for t in config.targets})
+    request_log = RequestLog(config.server.request_log, config.server.log_prompts)
+    request_log.warn_if_prompts()
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters),
         dispatcher=Dispatcher(build_targets(config), config.reliability),
-        accounting=Accounting(config, counters, Stats()))
+        accounting=Accounting(config, counters, Stats()), request_log=request_log)
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

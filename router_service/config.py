@@ -49,6 +49,10 @@ def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
 
 class ServerConfig(StrictModel):
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
+    # One JSON line per request on stderr (request_log.py): ids, decision, durations, tokens, cost.
+    request_log: bool = True
+    # Also the prompt and the answer in those lines: off unless the operator opts in (loudly logged).
+    log_prompts: bool = False
 
 
 class TritonConfig(StrictModel):

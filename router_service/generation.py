@@ -64,6 +64,7 @@ class GenerationRequest:
     # OpenAI fields the router does not act on (tools, logprobs, penalties, ...), forwarded as sent
     # to targets that accept them; the decision engine keeps the request off targets that do not.
     passthrough: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # the client's X-Request-ID (or the router's): forwarded upstream
 
     @property
     def is_chat(self) -> bool:

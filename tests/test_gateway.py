@@ -145,6 +145,18 @@ def test_manual_routing_to_external_streams_through(gateway: str, proxy: FaultPr
     assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
 
 
+def test_request_id_reaches_the_upstream(gateway: str, proxy: FaultProxy) -> None:
+    resp = requests.post(gateway + "/v1/chat/completions", headers={"X-Request-ID": "trace-42.a"}, timeout=60,
+                         json={"model": "ext", "messages": HELLO, "max_tokens": 2})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "trace-42.a"
+    # An id that is not a plain token is replaced by the router's own, which travels on instead.
+    odd = requests.post(gateway + "/v1/chat/completions", headers={"X-Request-ID": "a b;c"}, timeout=60,
+                        json={"model": "ext", "messages": HELLO, "max_tokens": 2})
+    own = odd.headers["x-request-id"]
+    assert odd.status_code == 200 and own != "a b;c" and len(own) == 32
+    assert proxy.request_ids_seen == ["trace-42.a", own]
+
+
 def test_api_key_comes_from_the_named_env_var(gateway: str, proxy: FaultProxy) -> None:
     client(gateway).chat.completions.create(model="ext", messages=HELLO, max_tokens=2)
     assert proxy.authorization_seen == ["Bearer test-key-not-secret"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,52 @@ def test_a_version_from_before_confidence_still_routes(model_repo: Path, tmp_pat
         assert 0.0 <= first[0].score <= 1.0 and first[0].strong_share is not None
     finally:
         server.stop()
+
+
+# --- request logs: one JSON line per request, no prompt unless the operator opts in ---
+
+def _request_lines(text: str) -> list[dict]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{") and '"log":"request"' in line:
+            lines.append(json.loads(line))
+    return lines
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+def test_request_log_lines(triton: TritonServer, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                           log_prompts: bool) -> None:
+    marker = "zebra-marmalade-7731"  # a prompt word that must not reach the logs by default
+    config = router_config_dict(triton, server={"max_body_bytes": 1048576, "log_prompts": log_prompts})
+    with run_router(config, tmp_path) as url:
+        ok = _chat(url, model="smollm2-135m", messages=[{"role": "user", "content": f"Say {marker}."}],
+                   max_tokens=3, stop=["\n"])
+        auto = _chat(url, messages=[{"role": "user", "content": f"Explain {marker}."}], max_tokens=2)
+        with requests.post(url + CHAT, json={"model": "smollm2-135m", "stream": True, "max_tokens": 3,
+                                             "messages": [{"role": "user", "content": marker}]},
+                           headers={"X-Request-ID": "stream-1"}, stream=True, timeout=60) as streamed:
+            assert streamed.status_code == 200 and b"[DONE]" in b"".join(streamed.iter_content(None))
+        bad = requests.post(url + CHAT, json={"model": "router", "messages": [], "note": marker}, timeout=10)
+        requests.get(url + "/health/live", timeout=5)
+        time.sleep(0.5)  # the stream's line is written as the stream ends
+    out = capfd.readouterr()
+    lines = _request_lines(out.out + out.err)
+    by_id = {line["request_id"]: line for line in lines}
+    assert len(lines) == 4 and not any(line["path"].startswith("/health") for line in lines)
+    manual = by_id[ok.headers["x-request-id"]]
+    assert manual["status"] == 200 and manual["policy"] == "manual" and manual["target"] == "smollm2-135m"
+    assert manual["completion_tokens"] == ok.json()["usage"]["completion_tokens"] and manual["cost_usd"] > 0
+    assert manual["duration_ms"] >= manual["upstream_ms"] > 0
+    routed = by_id[auto.headers["x-request-id"]]
+    assert routed["policy"] == "default" and routed["target"] == auto.headers["x-router-target"]
+    assert routed["score"] == pytest.approx(float(auto.headers["x-router-score"]), abs=1e-6)
+    assert routed["reason"] == "classifier" and routed["model_version"] == "1"
+    stream_line = by_id["stream-1"]
+    assert stream_line["stream"] is True and stream_line["status"] == 200 and stream_line["completion_tokens"] > 0
+    assert by_id[bad.headers["x-request-id"]]["status"] == 400
+    if log_prompts:
+        assert marker in json.dumps(manual["prompt"]) and "answer" in manual
+        assert "log_prompts is on" in out.err
+    else:
+        assert marker not in out.out + out.err
+        assert all("prompt" not in line and "answer" not in line for line in lines)

@@ -67,6 +67,7 @@ class FaultProxy:
         self.upstream = upstream.rstrip("/")
         self.requests_seen: list[bytes] = []
         self.received: list[bytes] = []
+        self.request_ids_seen: list[str | None] = []
         self.authorization_seen: list[str] = []
         self.rejected = 0
         self._faults: list[tuple[int, str | None]] = []
@@ -87,6 +88,7 @@ class FaultProxy:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.received.append(body)
+                proxy.request_ids_seen.append(self.headers.get("X-Request-ID"))
                 with proxy._lock:
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is not None:
@@ -147,6 +149,7 @@ class FaultProxy:
             self._faults = []
         self.requests_seen.clear()
         self.received.clear()
+        self.request_ids_seen.clear()
         self.authorization_seen.clear()
         self.rejected = 0
         self.break_stream_after = None

@@ -22,8 +22,10 @@ class OpenAITarget:
         self._base_url = base_url
         self._timeout = (config.connect_timeout_s, config.read_timeout_s)
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, request: GenerationRequest) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
+        if request.request_id:
+            headers["X-Request-ID"] = request.request_id  # the provider's logs can be joined with ours
         if self.config.api_key_env:
             key = os.environ.get(self.config.api_key_env)
             if not key:
@@ -63,7 +65,7 @@ class OpenAITarget:
     def complete(self, request: GenerationRequest) -> Completion:
         path, payload = self._payload(request, stream=False)
         with upstream_call(self.name):
-            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(),
+            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
                                       timeout=self._timeout)
         check_response(resp, self.name)
         try:
@@ -79,7 +81,7 @@ class OpenAITarget:
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         path, payload = self._payload(request, stream=True)
         with upstream_call(self.name):
-            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(),
+            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
                                       timeout=self._timeout, stream=True)
         with resp:
             check_response(resp, self.name)
