@@ -57,7 +57,8 @@ def _start_clock() -> None:
 
 
 @bp.after_app_request
-def _request_id_header(resp: Response) -> Response:
+def _finish_request(resp: Response) -> Response:
+    """Answer the request id, and log the request (a stream logs when it ends)."""
     resp.headers["x-request-id"] = g.get("request_id", "")
     streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200  # a stream logs when it ends
     if not streaming and not request.path.startswith("/health/"):  # probes would drown the traffic
@@ -69,6 +70,8 @@ def _request_id_header(resp: Response) -> Response:
 def _log_request(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
                  upstream_s: float | None, req: GenerationRequest | None, answer: str | None) -> None:
     st = state()
+    if not st.request_log.enabled:
+        return
     total_s = time.perf_counter() - g.t0
     st.request_log.emit({
         "request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": status,
