@@ -23,6 +23,7 @@ from .dispatch import Dispatcher, Served
 from .errors import target_error
 from .generation import GenerationRequest, Usage
 from .policy import POLICY_MODEL, Decision, Router
+from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .targets import TargetError
 
@@ -38,6 +39,7 @@ class RouterState:
     dispatcher: Dispatcher
     accounting: Accounting
     request_log: RequestLog
+    metrics: RouterMetrics
 
 
 def state() -> RouterState:
@@ -49,22 +51,69 @@ def state() -> RouterState:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+UNLOGGED_PREFIXES = ("/health/", "/metrics")  # probes and scrapes would drown the traffic
+
+
 @bp.before_app_request
 def _start_clock() -> None:
     g.t0 = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if request.path in GENERATION_PATHS:
+        state().metrics.in_flight.inc()
 
 
 @bp.after_app_request
 def _finish_request(resp: Response) -> Response:
-    """Answer the request id, and log the request (a stream logs when it ends)."""
+    """Answer the request id, and log and count the request (a stream does when it ends)."""
     resp.headers["x-request-id"] = g.get("request_id", "")
-    streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200  # a stream logs when it ends
-    if not streaming and not request.path.startswith("/health/"):  # probes would drown the traffic
-        _log_request(resp.status_code, g.get("decision"), g.get("served"), g.get("receipt"), g.get("upstream_s"),
-                     g.get("generation"), g.get("answer"))
+    streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200
+    if not streaming and not request.path.startswith(UNLOGGED_PREFIXES):
+        _observe(resp.status_code, g.get("decision"), g.get("served"), g.get("receipt"), g.get("upstream_s"),
+                 g.get("generation"), g.get("answer"))
     return resp
+
+
+def _observe(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
+             upstream_s: float | None, req: GenerationRequest | None, answer: str | None) -> None:
+    """The request's log line and metrics, once, when it ends."""
+    if request.path in GENERATION_PATHS:
+        _count(status, decision, served, receipt, upstream_s)
+    _log_request(status, decision, served, receipt, upstream_s, req, answer)
+
+
+def _count(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
+           upstream_s: float | None) -> None:
+    m = state().metrics
+    m.in_flight.dec()
+    total_s = time.perf_counter() - g.t0
+    policy = "none" if decision is None else decision.policy or "manual"
+    target = served.target if served is not None else ("none" if decision is None else decision.target)
+    status_class = f"{status // 100}xx"
+    reason = "none" if decision is None else decision.reason
+    m.requests.labels(policy, target, reason, status_class).inc()
+    m.duration.labels(policy, status_class).observe(total_s)
+    if upstream_s is not None:
+        m.upstream.labels(target).observe(upstream_s)
+        m.overhead.labels(policy).observe(max(0.0, total_s - upstream_s))
+    if decision is not None:
+        if decision.classifier_ms is not None:
+            m.classifier.labels(policy).observe(decision.classifier_ms / 1000)
+        if decision.degraded:
+            m.degraded.labels(policy).inc()
+        if decision.reason.startswith("low_confidence"):
+            m.low_confidence.labels(policy).inc()
+        if decision.model_version is not None:
+            m.set_model_version(decision.model_version)
+    if served is not None and served.fell_back:
+        m.fallbacks.labels(served.attempts[0], served.target).inc()
+    if receipt is not None:
+        m.tokens.labels(target, "prompt").inc(receipt.usage.prompt_tokens)
+        m.tokens.labels(target, "completion").inc(receipt.usage.completion_tokens)
+        m.cost.labels(policy, target).inc(receipt.cost_usd)
+        if receipt.baseline_cost_usd is not None:
+            m.baseline.labels(policy).inc(receipt.baseline_cost_usd)
 
 
 def _log_request(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
@@ -176,7 +225,7 @@ def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
             yield fmt.sse(target_error(err).body())
         finally:
             # The status is the stream's outcome (an error inside a 200 stream logs its own status).
-            _log_request(status, decision, served, receipt, time.perf_counter() - t_up, req, "".join(texts))
+            _observe(status, decision, served, receipt, time.perf_counter() - t_up, req, "".join(texts))
         yield fmt.SSE_DONE
 
     # The request's context lives until the stream ends: its log line is written then.
@@ -237,6 +286,11 @@ def list_models() -> Response:
                                 "usd_per_1m_input_tokens": target.usd_per_1m_input_tokens,
                                 "usd_per_1m_output_tokens": target.usd_per_1m_output_tokens}})
     return jsonify({"object": "list", "data": data})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(state().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/v1/router/stats")

@@ -16,6 +16,7 @@ from .errors import register_error_handlers
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .policy import Router
+from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .stats import Stats
 from .targets import build_targets
@@ -39,10 +40,11 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     counters = TokenCounters({t.name: t.tokenizer for t in config.targets})
     request_log = RequestLog(config.server.request_log, config.server.log_prompts)
     request_log.warn_if_prompts()
+    dispatcher = Dispatcher(build_targets(config), config.reliability)
+    metrics = RouterMetrics(lambda: {name: b.snapshot().state for name, b in dispatcher.breakers.items()})
     app.extensions["router"] = RouterState(
-        config=config, router=Router(config, classifiers, counters),
-        dispatcher=Dispatcher(build_targets(config), config.reliability),
-        accounting=Accounting(config, counters, Stats()), request_log=request_log)
+        config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
+        accounting=Accounting(config, counters, Stats()), request_log=request_log, metrics=metrics)
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

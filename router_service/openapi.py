@@ -69,6 +69,7 @@ def openapi_document() -> dict[str, Any]:
             "/health/live": _get("Liveness"),
             "/health/ready": _get("Readiness: Triton and every classifier model", 503),
             "/openapi.json": _get("This document"),
+            "/metrics": _get("Prometheus metrics (text format)"),
         },
         "components": {"schemas": schemas},
     }

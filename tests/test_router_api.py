@@ -442,3 +442,58 @@ def test_request_log_lines(triton: TritonServer, tmp_path: Path, capfd: pytest.C
     else:
         assert marker not in out.out + out.err
         assert all("prompt" not in line and "answer" not in line for line in lines)
+
+
+# --- Prometheus metrics ---
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_what_was_routed(triton: TritonServer, tmp_path: Path) -> None:
+    marker = "okapi-quartz-118"
+    with run_router(router_config_dict(triton), tmp_path) as url:
+        manual = _chat(url, model="smollm2-135m", max_tokens=2, messages=[{"role": "user", "content": marker}])
+        auto = [_chat(url, max_tokens=1, messages=[{"role": "user", "content": p}]) for p in PROMPTS]
+        bad = requests.post(url + CHAT, json={"model": "router", "messages": []}, timeout=10)
+        with requests.post(url + CHAT, json={"model": "smollm2-135m", "stream": True, "max_tokens": 2,
+                                             "stream_options": {"include_usage": True},
+                                             "messages": [{"role": "user", "content": "hi"}]}, stream=True,
+                           timeout=60) as streamed:
+            stream_usage = json.loads(_sse_events(streamed)[-2])["usage"]
+        time.sleep(0.3)
+        resp = requests.get(url + "/metrics", timeout=10)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    assert marker not in text and manual.headers["x-request-id"] not in text  # bounded labels only
+    s = _samples(text)
+
+    def requests_to(policy: str, target: str, reason: str, status: str) -> float:
+        return s.get(("router_requests_total", (("policy", policy), ("reason", reason), ("status", status),
+                                                ("target", target))), 0.0)
+
+    assert requests_to("manual", "smollm2-135m", "manual", "2xx") == 2  # the plain and the streamed one
+    by_target: dict[str, int] = {}
+    for r in auto:
+        by_target[r.headers["x-router-target"]] = by_target.get(r.headers["x-router-target"], 0) + 1
+    for target, n in by_target.items():
+        assert requests_to("default", target, "classifier", "2xx") == n
+    assert requests_to("none", "none", "none", "4xx") == 1 and bad.status_code == 400
+    assert s[("router_classifier_duration_seconds_count", (("policy", "default"),))] == len(PROMPTS)
+    assert s[("router_request_duration_seconds_count", (("policy", "default"), ("status", "2xx")))] == len(PROMPTS)
+    completion = sum(v for (name, labels), v in s.items()
+                     if name == "router_tokens_total" and ("kind", "completion") in labels)
+    answered = [manual.json()["usage"]] + [r.json()["usage"] for r in auto] + [stream_usage]
+    assert completion == sum(u["completion_tokens"] for u in answered)
+    cost = sum(v for (name, _), v in s.items() if name == "router_cost_usd_total")
+    # The stream's cost at smollm2-135m's prices (config/router.yaml: 0.02 USD per 1M tokens either way).
+    stream_cost = (stream_usage["prompt_tokens"] + stream_usage["completion_tokens"]) * 0.02 / 1e6
+    assert cost == pytest.approx(float(manual.headers["x-router-cost-usd"]) + stream_cost + sum(
+        float(r.headers["x-router-cost-usd"]) for r in auto), abs=1e-7)
+    assert s[("router_baseline_cost_usd_total", (("policy", "default"),))] > 0
+    assert s[("router_requests_in_flight", ())] == 0
+    assert s[("router_circuit_breaker_state", (("target", "gemma3-270m"),))] == 0
+    assert s[("router_classifier_model_info", (("version", "1"),))] == 1
