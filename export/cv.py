@@ -240,11 +240,7 @@ def report(scores: np.ndarray, data: RoutingData, by_source: bool = False) -> di
     row: dict[str, Any] = {"apgr": round(m.apgr, 4), "strong_share_at_95": round(m.strong_share_at_95, 4),
                            "n": len(scores)}
     if by_source:  # macro average over the sources where the stronger model is better at all
-        per = {}
-        for src in sorted(set(data.sources)):
-            idx = np.array([s == src for s in data.sources])
-            if idx.sum() >= 10 and data.strong[idx].mean() > data.weak[idx].mean() + 0.02:
-                per[src] = round(metrics.apgr(scores[idx], data.weak[idx], data.strong[idx]), 4)
+        per = metrics.per_source_apgr(scores, data.weak, data.strong, data.sources)
         row["per_source"] = per
         row["macro_apgr"] = round(float(np.mean(list(per.values()))), 4)
     return row

@@ -152,7 +152,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     result = {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
               "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
               "rewrite": opts.rewrite}
-    per_source = _per_source_apgr(data, scores)
+    per_source = metrics.per_source_apgr(scores, data.weak, data.strong, data.sources)
     if len(per_source) > 1:  # a file of several tasks: each task alone, and their mean
         result["per_source_apgr"] = per_source
         result["macro_apgr"] = r4(float(np.mean(list(per_source.values()))))
@@ -162,17 +162,6 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
         result["served_version_cv_apgr"] = {f"{protocol}/{part}": r4(row["apgr"]) for protocol, rows in cv.items()
                                             for part, row in rows.items()}
     return result
-
-
-def _per_source_apgr(data: Any, scores: np.ndarray) -> dict[str, float]:
-    """APGR per ``source`` where the stronger model is better at all (else APGR means nothing)."""
-    sources = np.array(data.sources)
-    out = {}
-    for source in sorted(set(data.sources)):
-        rows = sources == source
-        if rows.sum() >= 10 and data.strong[rows].mean() > data.weak[rows].mean() + 0.02:
-            out[source] = round(metrics.apgr(scores[rows], data.weak[rows], data.strong[rows]), 4)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,3 +203,18 @@ def threshold_for_share(scores: ArrayLike, share: float) -> float:
     if k <= 0:
         return float(np.nextafter(s[0], np.inf))
     return float(s[min(k, len(s)) - 1])
+
+
+def per_source_apgr(scores: ArrayLike, weak: ArrayLike, strong: ArrayLike, sources: list[str],
+                    min_prompts: int = 10, min_gap: float = 0.02) -> dict[str, float]:
+    """APGR per source (MMLU subject, LLMRouter task, ...), for the sources with at least
+    ``min_prompts`` prompts where the stronger model is better by more than ``min_gap`` on average
+    (elsewhere APGR measures nothing)."""
+    s, w, t = _as_arrays(scores, weak, strong)
+    src = np.asarray(sources)
+    out = {}
+    for name in sorted(set(sources)):
+        rows = src == name
+        if rows.sum() >= min_prompts and t[rows].mean() > w[rows].mean() + min_gap:
+            out[name] = round(apgr(s[rows], w[rows], t[rows]), 4)
+    return out

@@ -44,7 +44,7 @@ class Accounting:
                                                                           usage)
         self.stats.record(target, decision.policy, usage, cost, baseline, fallback=fell_back,
                           degraded=decision.degraded, confidence=decision.confidence,
-                          low_confidence=decision.reason.startswith("low_confidence"))
+                          low_confidence=decision.low_confidence)
         return Receipt(usage, cost, baseline)
 
     def failed(self, target: str | None) -> None:

@@ -88,7 +88,7 @@ def _count(status: int, decision: Decision | None, served: Served | None, receip
     m = state().metrics
     m.in_flight.dec()
     total_s = time.perf_counter() - g.t0
-    policy = "none" if decision is None else decision.policy or "manual"
+    policy = "none" if decision is None else decision.policy_label
     target = served.target if served is not None else ("none" if decision is None else decision.target)
     status_class = f"{status // 100}xx"
     reason = "none" if decision is None else decision.reason
@@ -102,7 +102,7 @@ def _count(status: int, decision: Decision | None, served: Served | None, receip
             m.classifier.labels(policy).observe(decision.classifier_ms / 1000)
         if decision.degraded:
             m.degraded.labels(policy).inc()
-        if decision.reason.startswith("low_confidence"):
+        if decision.low_confidence:
             m.low_confidence.labels(policy).inc()
         if decision.model_version is not None:
             m.set_model_version(decision.model_version)
@@ -125,7 +125,7 @@ def _log_request(status: int, decision: Decision | None, served: Served | None, 
     st.request_log.emit({
         "request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": status,
         "model": None if req is None else req.model, "stream": None if req is None else req.stream,
-        "policy": None if decision is None else decision.policy or "manual",
+        "policy": None if decision is None else decision.policy_label,
         "target": served.target if served is not None else (None if decision is None else decision.target),
         "reason": None if decision is None else decision.reason,
         "score": None if decision is None else decision.score,
@@ -148,7 +148,7 @@ def _log_request(status: int, decision: Decision | None, served: Served | None, 
 def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> dict[str, str]:
     headers = {
         "x-router-target": served.target,
-        "x-router-policy": decision.policy or "manual",
+        "x-router-policy": decision.policy_label,
         "x-router-reason": decision.reason,
         "x-router-overhead-ms": f"{overhead_s * 1000:.3f}",
     }

@@ -60,6 +60,16 @@ class Decision:
     def target(self) -> str:
         return self.candidates[0]
 
+    @property
+    def policy_label(self) -> str:
+        """The policy as headers, logs and metrics name it: ``manual`` for a target name."""
+        return self.policy or "manual"
+
+    @property
+    def low_confidence(self) -> bool:
+        """A policy's low_confidence action made this decision (escalated or not)."""
+        return self.reason.startswith("low_confidence")
+
 
 def window_text(messages: tuple[Message, ...], window: WindowConfig) -> str:
     """The conversation text the classifier reads: the last N user turns (and the turns between
