@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from export import metrics
-from export.data import DEFAULT_DATA_DIR, strip_choices
+from export.data import DEFAULT_DATA_DIR, load_models, load_routing_set, strip_choices
 from export.onnx_head import EmbeddingHead
 from export.served_model import FEATURE_NAMES, LogisticBlend, prompt_features
 
@@ -71,13 +71,8 @@ class RoutingData:
 
 
 def load(path: Path, models_json: Path) -> RoutingData:
-    pair = json.loads(models_json.read_text())
-    with path.open(encoding="utf-8") as fh:  # not splitlines(): prompts hold U+2028 and friends
-        recs = [json.loads(line) for line in fh if line.strip()]
-    recs = [r for r in recs if pair["weak"] in r["scores"] and pair["strong"] in r["scores"]]
-    return RoutingData(path.stem, [r["prompt"] for r in recs], [r["source"] for r in recs],
-                       np.array([r["scores"][pair["weak"]] for r in recs], dtype=np.float64),
-                       np.array([r["scores"][pair["strong"]] for r in recs], dtype=np.float64))
+    data = load_routing_set(path, load_models(models_json))
+    return RoutingData(path.stem, data.prompts, data.sources, data.weak, data.strong)
 
 
 def _embed(prompts: list[str], encoder: Any) -> np.ndarray:
