@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export eval cv bench test helm helm-lint helm-template clean
+.PHONY: help install install-all run export eval cv bench test helm prometheus observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -86,6 +86,26 @@ $(HELM):
 
 helm: $(HELM) ## Build the pinned helm CLI
 
+# Prometheus and promtool for the observability tests and `make observe`: Debian's build, pinned
+# by version and checksum, unpacked (no root, no apt state) into tools/ once.
+PROMETHEUS_DEB := prometheus_2.42.0+ds-5+deb12u1_amd64.deb
+PROMETHEUS_SHA256 := 81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55
+PROMETHEUS_DIR := tools/prometheus-2.42.0
+PROMETHEUS := $(PROMETHEUS_DIR)/prometheus
+
+$(PROMETHEUS):
+	@echo ">> fetching Prometheus 2.42.0 (Debian's package; once, cached in $(PROMETHEUS_DIR))"
+	@mkdir -p tools/deb-tmp
+	curl -fsSL --retry 3 -o tools/deb-tmp/$(PROMETHEUS_DEB) \
+		http://deb.debian.org/debian/pool/main/p/prometheus/$(subst +,%2B,$(PROMETHEUS_DEB))
+	echo "$(PROMETHEUS_SHA256)  tools/deb-tmp/$(PROMETHEUS_DEB)" | sha256sum -c --quiet
+	dpkg-deb -x tools/deb-tmp/$(PROMETHEUS_DEB) tools/deb-tmp/root
+	@mkdir -p $(PROMETHEUS_DIR)
+	mv tools/deb-tmp/root/usr/bin/promtool tools/deb-tmp/root/usr/bin/prometheus $(PROMETHEUS_DIR)/
+	rm -rf tools/deb-tmp
+
+prometheus: $(PROMETHEUS) ## Fetch the pinned Prometheus server and promtool
+
 helm-lint: $(HELM) ## helm lint --strict with the default and every example values file
 	$(HELM) lint --strict $(CHART)
 	@for f in $(CHART)/examples/*.yaml; do echo ">> $$f"; $(HELM) lint --strict $(CHART) -f $$f || exit 1; done
@@ -93,9 +113,9 @@ helm-lint: $(HELM) ## helm lint --strict with the default and every example valu
 helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
 	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES))
 
-test: $(STAMP_ALL) $(HELM) ## Install everything and run the whole test suite
-	HELM_BIN=$(CURDIR)/$(HELM) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## Install everything and run the whole test suite
+	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## Remove caches (keeps .venv and exported model versions)
-	rm -rf .pytest_cache .eval tools/gobin-tmp
+	rm -rf .pytest_cache .eval tools/gobin-tmp tools/deb-tmp
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -53,13 +53,33 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 UNLOGGED_PREFIXES = ("/health/", "/metrics")  # probes and scrapes would drown the traffic
+CLIENT_GONE = 499  # nginx's status for a client that left before the answer ended
+
+
+@dataclass
+class Exchange:
+    """One request as its log line and metrics see it, filled in as it goes. Kept outside
+    Flask's context so that a stream can be recorded after its client has gone."""
+
+    request_id: str
+    method: str
+    path: str
+    t0: float
+    decision: Decision | None = None
+    served: Served | None = None
+    receipt: Receipt | None = None
+    upstream_s: float | None = None
+    ttft_s: float | None = None
+    generation: GenerationRequest | None = None
+    answer: str | None = None
+    recorded: bool = False
 
 
 @bp.before_app_request
 def _start_clock() -> None:
-    g.t0 = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.exchange = Exchange(given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex, request.method,
+                          request.path, time.perf_counter())
     if request.path in GENERATION_PATHS:
         state().metrics.in_flight.inc()
 
@@ -67,37 +87,44 @@ def _start_clock() -> None:
 @bp.after_app_request
 def _finish_request(resp: Response) -> Response:
     """Answer the request id, and log and count the request (a stream does when it ends)."""
-    resp.headers["x-request-id"] = g.get("request_id", "")
+    ex: Exchange = g.exchange
+    resp.headers["x-request-id"] = ex.request_id
     streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200
-    if not streaming and not request.path.startswith(UNLOGGED_PREFIXES):
-        _observe(resp.status_code, g.get("decision"), g.get("served"), g.get("receipt"), g.get("upstream_s"),
-                 g.get("generation"), g.get("answer"))
+    if not streaming and not ex.path.startswith(UNLOGGED_PREFIXES):
+        _record(state(), ex, resp.status_code)
     return resp
 
 
-def _observe(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
-             upstream_s: float | None, req: GenerationRequest | None, answer: str | None) -> None:
+def _record(st: RouterState, ex: Exchange, status: int) -> None:
     """The request's log line and metrics, once, when it ends."""
-    if request.path in GENERATION_PATHS:
-        _count(status, decision, served, receipt, upstream_s)
-    _log_request(status, decision, served, receipt, upstream_s, req, answer)
+    if ex.recorded:
+        return
+    ex.recorded = True
+    total_s = time.perf_counter() - ex.t0
+    if ex.path in GENERATION_PATHS:
+        _count(st.metrics, ex, status, total_s)
+    if st.request_log.enabled:
+        _log_request(st.request_log, ex, status, total_s)
 
 
-def _count(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
-           upstream_s: float | None) -> None:
-    m = state().metrics
+def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
+    decision, served, receipt = ex.decision, ex.served, ex.receipt
     m.in_flight.dec()
-    total_s = time.perf_counter() - g.t0
     policy = "none" if decision is None else decision.policy_label
     target = served.target if served is not None else ("none" if decision is None else decision.target)
     status_class = f"{status // 100}xx"
     reason = "none" if decision is None else decision.reason
     m.requests.labels(policy, target, reason, status_class).inc()
     m.duration.labels(policy, status_class).observe(total_s)
-    if upstream_s is not None:
-        m.upstream.labels(target).observe(upstream_s)
-        m.overhead.labels(policy).observe(max(0.0, total_s - upstream_s))
+    if ex.upstream_s is not None:
+        m.upstream.labels(target).observe(ex.upstream_s)
+        m.overhead.labels(policy).observe(max(0.0, total_s - ex.upstream_s))
+        m.refresh_breakers()
+    if ex.ttft_s is not None:
+        m.ttft.labels(target).observe(ex.ttft_s)
     if decision is not None:
+        if decision.policy is not None:
+            m.decisions.labels(policy, str(decision.target == decision.baseline_target).lower()).inc()
         if decision.classifier_ms is not None:
             m.classifier.labels(policy).observe(decision.classifier_ms / 1000)
         if decision.degraded:
@@ -116,14 +143,10 @@ def _count(status: int, decision: Decision | None, served: Served | None, receip
             m.baseline.labels(policy).inc(receipt.baseline_cost_usd)
 
 
-def _log_request(status: int, decision: Decision | None, served: Served | None, receipt: Receipt | None,
-                 upstream_s: float | None, req: GenerationRequest | None, answer: str | None) -> None:
-    st = state()
-    if not st.request_log.enabled:
-        return
-    total_s = time.perf_counter() - g.t0
-    st.request_log.emit({
-        "request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": status,
+def _log_request(log: RequestLog, ex: Exchange, status: int, total_s: float) -> None:
+    decision, served, receipt, req = ex.decision, ex.served, ex.receipt, ex.generation
+    log.emit({
+        "request_id": ex.request_id, "method": ex.method, "path": ex.path, "status": status,
         "model": None if req is None else req.model, "stream": None if req is None else req.stream,
         "policy": None if decision is None else decision.policy_label,
         "target": served.target if served is not None else (None if decision is None else decision.target),
@@ -134,14 +157,15 @@ def _log_request(status: int, decision: Decision | None, served: Served | None, 
         "model_version": None if decision is None else decision.model_version,
         "fallback_from": None if served is None or not served.fell_back else list(served.attempts[:-1]),
         "duration_ms": round(total_s * 1000, 3),
-        "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
-        "overhead_ms": None if upstream_s is None else round((total_s - upstream_s) * 1000, 3),
+        "upstream_ms": None if ex.upstream_s is None else round(ex.upstream_s * 1000, 3),
+        "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 3),
+        "overhead_ms": None if ex.upstream_s is None else round((total_s - ex.upstream_s) * 1000, 3),
         "prompt_tokens": None if receipt is None else receipt.usage.prompt_tokens,
         "completion_tokens": None if receipt is None else receipt.usage.completion_tokens,
         "cost_usd": None if receipt is None else round(receipt.cost_usd, 10),
         # Dropped by the log unless the operator opted in (server.log_prompts).
-        "prompt": None if req is None or not st.request_log.log_prompts else [m.content for m in req.messages],
-        "answer": answer if st.request_log.log_prompts else None,
+        "prompt": None if req is None or not log.log_prompts else [m.content for m in req.messages],
+        "answer": ex.answer if log.log_prompts else None,
     })
 
 
@@ -164,11 +188,11 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
 
 
 def _serve(req: GenerationRequest) -> Response:
-    st = state()
-    req = g.generation = dataclasses.replace(req, request_id=g.request_id)
-    decision = g.decision = st.router.decide(req)
+    st, ex = state(), g.exchange
+    req = ex.generation = dataclasses.replace(req, request_id=ex.request_id)
+    decision = ex.decision = st.router.decide(req)
     if req.stream:
-        return _serve_stream(req, decision)
+        return _serve_stream(st, ex, req, decision)
     t_up = time.perf_counter()
     try:
         completion, served = st.dispatcher.complete(decision.candidates, req)
@@ -176,33 +200,34 @@ def _serve(req: GenerationRequest) -> Response:
         st.accounting.failed(decision.target)
         raise
     finally:
-        g.upstream_s = time.perf_counter() - t_up
-    upstream_s = g.upstream_s
+        ex.upstream_s = time.perf_counter() - t_up
     receipt = st.accounting.settle(decision, served.target, completion.usage, completion.text,
                                    fell_back=served.fell_back)
-    g.served, g.receipt, g.answer = served, receipt, completion.text
+    ex.served, ex.receipt, ex.answer = served, receipt, completion.text
     resp = jsonify(fmt.render(req.kind, fmt.new_id(req.kind), served.target, completion, receipt.usage))
-    resp.headers.update(_routing_headers(decision, served, time.perf_counter() - g.t0 - upstream_s))
+    resp.headers.update(_routing_headers(decision, served, time.perf_counter() - ex.t0 - ex.upstream_s))
     resp.headers["x-router-cost-usd"] = f"{receipt.cost_usd:.8f}"
     return resp
 
 
-def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
-    st = state()
-    overhead_s = time.perf_counter() - g.t0
+def _serve_stream(st: RouterState, ex: Exchange, req: GenerationRequest, decision: Decision) -> Response:
+    overhead_s = time.perf_counter() - ex.t0
     t_up = time.perf_counter()
     try:
         # The first chunk is pulled before answering: a target that is down gets a real HTTP
         # error (or a fallback), not a 200 with an error inside.
         first, chunks, served = st.dispatcher.stream(decision.candidates, req)
     except TargetError:
-        g.upstream_s = time.perf_counter() - t_up
+        ex.upstream_s = time.perf_counter() - t_up
         st.accounting.failed(decision.target)
         raise
+    ex.served = served
+    if first is not None:
+        ex.ttft_s = time.perf_counter() - ex.t0
     chunk = fmt.chunker(req.kind, fmt.new_id(req.kind), int(time.time()), served.target)
 
     def events() -> Iterator[str]:
-        usage, finish_reason, texts, receipt, status = Usage(), None, [], None, 200
+        usage, finish_reason, texts, status = Usage(), None, [], CLIENT_GONE
         if req.is_chat:
             yield chunk({"role": "assistant", "content": ""})
         try:
@@ -215,21 +240,30 @@ def _serve_stream(req: GenerationRequest, decision: Decision) -> Response:
                                 part.finish_reason, choice_extra=part.choice_extra)
             if finish_reason is None:
                 yield chunk({}, "stop")
-            receipt = st.accounting.settle(decision, served.target, usage, "".join(texts), fell_back=served.fell_back)
+            ex.receipt = st.accounting.settle(decision, served.target, usage, "".join(texts),
+                                              fell_back=served.fell_back)
+            status = 200
             if req.include_usage:
-                yield chunk(None, usage=receipt.usage)
+                yield chunk(None, usage=ex.receipt.usage)
         except TargetError as err:
             # The headers are gone already: the error travels in the stream, which then ends.
             st.accounting.failed(served.target)
             status = err.status
             yield fmt.sse(target_error(err).body())
         finally:
-            # The status is the stream's outcome (an error inside a 200 stream logs its own status).
-            _observe(status, decision, served, receipt, time.perf_counter() - t_up, req, "".join(texts))
+            # The status is the stream's outcome: an error inside a 200 stream logs its own status,
+            # a client that left early (GeneratorExit) logs 499. A left stream frees its upstream now.
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+            ex.upstream_s, ex.answer = time.perf_counter() - t_up, "".join(texts)
+            _record(st, ex, status)
         yield fmt.SSE_DONE
 
-    # The request's context lives until the stream ends: its log line is written then.
+    # The request's context lives until the stream ends: its log line is written then, or on
+    # close when the client left before the stream started (the generator then never runs).
     resp = Response(stream_with_context(events()), mimetype="text/event-stream")
+    resp.call_on_close(lambda: _record(st, ex, CLIENT_GONE))
     resp.headers.update(_routing_headers(decision, served, overhead_s))
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"
@@ -250,8 +284,9 @@ def completions() -> Response:
 def route() -> Response:
     """The decision for a chat-completions body, without forwarding it: what chat completions
     would do with the same body (the same validation and errors; nothing is generated or billed)."""
-    req = g.generation = parse_body(ChatCompletionRequest, request.get_data(cache=False))
-    decision = g.decision = state().router.decide(req)
+    ex = g.exchange
+    req = ex.generation = parse_body(ChatCompletionRequest, request.get_data(cache=False))
+    decision = ex.decision = state().router.decide(req)
     return jsonify(decision_json(req, decision))
 
 

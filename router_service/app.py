@@ -41,7 +41,8 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     request_log = RequestLog(config.server.request_log, config.server.log_prompts)
     request_log.warn_if_prompts()
     dispatcher = Dispatcher(build_targets(config), config.reliability)
-    metrics = RouterMetrics(lambda: {name: b.snapshot().state for name, b in dispatcher.breakers.items()})
+    metrics = RouterMetrics(lambda: {name: b.snapshot().state for name, b in dispatcher.breakers.items()},
+                            config.policies, {t.name: t.fallbacks for t in config.targets})
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
         accounting=Accounting(config, counters, Stats()), request_log=request_log, metrics=metrics)

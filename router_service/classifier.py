@@ -23,8 +23,9 @@ class Classification:
 
 
 class Classifier(Protocol):
-    def classify(self, texts: Sequence[str]) -> list[Classification]:
-        """One classification per text, in order; raises ClassifierUnavailable."""
+    def classify(self, texts: Sequence[str], request_id: str = "") -> list[Classification]:
+        """One classification per text, in order; raises ClassifierUnavailable. The request id
+        travels with the call (Triton's logs and traces name it)."""
         ...
 
     def calibration(self) -> dict[str, float] | None:

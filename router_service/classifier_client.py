@@ -55,24 +55,25 @@ class ClassifierClient:
         self._outputs = older
         return True
 
-    def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput]):  # noqa: ANN202
+    def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput],  # noqa: ANN202
+               request_id: str = ""):
         batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         inp = grpcclient.InferInput(self.INPUT, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch)
         return self._client.infer(self.model, [inp], model_version=self.version, outputs=outputs,
-                                  client_timeout=self.timeout_s)
+                                  request_id=request_id, client_timeout=self.timeout_s)
 
-    def classify(self, texts: Sequence[str]) -> list[Classification]:
+    def classify(self, texts: Sequence[str], request_id: str = "") -> list[Classification]:
         try:
             outputs = self._requested_outputs()
             try:
-                result = self._infer(texts, outputs)
+                result = self._infer(texts, outputs, request_id)
             except InferenceServerException as exc:
                 if "unknown outputs" not in str(exc.message()) or not self._drop_newer_outputs(outputs):
                     raise
                 # A version exported before `confidence` existed, served with today's config.pbtxt
                 # (e.g. mid-upgrade): ask it for what its model.py knows.
-                result = self._infer(texts, self._requested_outputs())
+                result = self._infer(texts, self._requested_outputs(), request_id)
         except InferenceServerException as exc:
             self._outputs = None  # the model may have been reloaded with other outputs
             raise ClassifierUnavailable(f"classifier {self.model!r} failed: {exc.message()}") from exc

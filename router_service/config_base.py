@@ -58,5 +58,10 @@ class PolicySettings(StrictModel):
         """(role, target name) for each target the policy names, cheapest first."""
         raise NotImplementedError
 
+    @property
+    def strong_share_setting(self) -> float | None:
+        """The share of traffic the policy is set to send to its strongest target, when it says."""
+        return None
+
     def check_prices(self, prices: dict[str, float]) -> None:
         """Raise ValueError when the policy's targets are priced against its own logic."""

@@ -1,5 +1,8 @@
 """Gunicorn settings for the router (production WSGI server; used by `make run` and the image)."""
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = f"{os.environ.get('ROUTER_HOST', '127.0.0.1')}:{os.environ.get('ROUTER_PORT', '8080')}"
 # Threads, not processes, carry concurrency: requests mostly wait on Triton or an upstream API
@@ -15,3 +18,30 @@ graceful_timeout = int(os.environ.get("ROUTER_GRACEFUL_TIMEOUT", "30"))
 keepalive = 75
 accesslog = os.environ.get("ROUTER_ACCESS_LOG", "-")
 errorlog = "-"
+
+# Several workers share /metrics through prometheus_client's multiprocess mode: the directory
+# must be set before a worker imports prometheus_client, and must start empty (stale files of
+# earlier processes would be summed in).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_own_dir: str | None = None
+if workers > 1:
+    if not os.environ.get(MULTIPROC_ENV):
+        _own_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="router-metrics-")
+    Path(os.environ[MULTIPROC_ENV]).mkdir(parents=True, exist_ok=True)
+    for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+        stale.unlink()
+else:
+    os.environ.pop(MULTIPROC_ENV, None)  # one process: the plain (faster) in-memory values
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 -- gunicorn's hook signature
+    """A dead worker's live gauges (in flight, breaker state) stop counting."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201
+    if _own_dir:
+        shutil.rmtree(_own_dir, ignore_errors=True)

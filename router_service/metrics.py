@@ -1,46 +1,48 @@
 """Prometheus metrics of the router (``GET /metrics``): what it routes, what it costs against
 always-strong, how long each part takes, and the state of its targets. One registry per app (no
 process-global state); labels are bounded (policy, target, reason, status class: never a prompt,
-a request id or a key). Per process: with several gunicorn workers each answers for itself."""
+a request id or a key).
+
+Several gunicorn workers: ``gunicorn_conf`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker
+imports prometheus_client, values then live in per-process files and a scrape of any worker
+answers for all of them (prometheus_client's multiprocess mode). Gauges say how they aggregate."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .config_base import PolicySettings
 
 # From sub-millisecond routing overhead to long streamed generations.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-class _Breakers(Collector):
-    """Circuit-breaker state per target, read at scrape time (0 closed, 1 half-open, 2 open)."""
-
-    def __init__(self, states: Callable[[], dict[str, str]]) -> None:
-        self._states = states
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, "
-                                   "1 half-open, 2 open", labels=["target"])
-        for target, state in sorted(self._states().items()):
-            family.add_metric([target], BREAKER_STATES[state])
-        yield family
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RouterMetrics:
-    def __init__(self, breaker_states: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, breaker_states: Callable[[], dict[str, str]], policies: Sequence[PolicySettings] = (),
+                 fallbacks: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``fallbacks``: every target, with the targets it falls back to."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._breaker_states = breaker_states
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
         self.requests = Counter("router_requests", "Requests by policy, target, reason and status class",
                                 ["policy", "target", "reason", "status"], registry=r)
+        self.decisions = Counter("router_decisions", "Routing decisions of generation requests by policy; "
+                                 "strong: the policy's strongest target was chosen", ["policy", "strong"], registry=r)
         self.duration = Histogram("router_request_duration_seconds", "End-to-end request duration",
                                   ["policy", "status"], buckets=BUCKETS, registry=r)
         self.overhead = Histogram("router_overhead_seconds", "The router's own time, upstream excluded",
                                   ["policy"], buckets=BUCKETS, registry=r)
         self.upstream = Histogram("router_upstream_duration_seconds", "Upstream call duration per target",
                                   ["target"], buckets=BUCKETS, registry=r)
+        self.ttft = Histogram("router_time_to_first_token_seconds", "Streams: time from the request's arrival "
+                              "to the first generated chunk, per target", ["target"], buckets=BUCKETS, registry=r)
         self.classifier = Histogram("router_classifier_duration_seconds", "Classification call duration",
                                     ["policy"], buckets=BUCKETS, registry=r)
         self.tokens = Counter("router_tokens", "Tokens by target and kind (prompt, completion)",
@@ -54,17 +56,66 @@ class RouterMetrics:
                                 ["policy"], registry=r)
         self.low_confidence = Counter("router_low_confidence_decisions", "Decisions a policy's low_confidence "
                                       "action made", ["policy"], registry=r)
-        self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r)
-        self.model_info = Gauge("router_classifier_model_info", "The classifier model version that last answered",
-                                ["version"], registry=r)
-        r.register(_Breakers(breaker_states))
+        self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r,
+                               multiprocess_mode="livesum")
+        self.breaker = Gauge("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, "
+                             "2 open (the worst over the workers)", ["target"], registry=r, multiprocess_mode="livemax")
+        self.model_info = Gauge("router_classifier_model_info", "1 for the classifier model version that answered "
+                                "last, 0 for earlier ones", ["version"], registry=r,
+                                multiprocess_mode="livemostrecent")
+        share_setting = Gauge("router_policy_strong_share_setting", "The strong share a policy is configured "
+                              "for (compare with router_decisions_total)", ["policy"], registry=r,
+                              multiprocess_mode="max")
+        for p in policies:
+            if p.strong_share_setting is not None:
+                share_setting.labels(p.name).set(p.strong_share_setting)
+        self._start_at_zero(policies, fallbacks or {})
+        self.refresh_breakers()
         self._version: str | None = None
+
+    def _start_at_zero(self, policies: Sequence[PolicySettings], fallbacks: Mapping[str, Sequence[str]]) -> None:
+        """Create the series the configuration already names, at 0: a series born at its first
+        increment hides that increment from rate(), and panels would say "no data" for a
+        policy that never picked its strong target."""
+        for target, later in fallbacks.items():
+            for fallback in later:
+                self.fallbacks.labels(target, fallback)
+            self.upstream.labels(target)
+            self.ttft.labels(target)
+            for status in STATUS_CLASSES:
+                self.requests.labels("manual", target, "manual", status)
+        self.requests.labels("none", "none", "none", "4xx")  # refused before a decision
+        for p in policies:
+            for target in p.targets:
+                for status in STATUS_CLASSES:
+                    self.requests.labels(p.name, target, "classifier", status)
+            for strong in ("true", "false"):
+                self.decisions.labels(p.name, strong)
+            self.overhead.labels(p.name)
+            self.classifier.labels(p.name)
+            self.duration.labels(p.name, "2xx")
+            self.baseline.labels(p.name)
+            self.degraded.labels(p.name)
+            self.low_confidence.labels(p.name)
+            for target in p.targets:
+                self.cost.labels(p.name, target)
+
+    def refresh_breakers(self) -> None:
+        """Publish this process's breaker states: after each request and at scrape time."""
+        for target, state in self._breaker_states().items():
+            self.breaker.labels(target).set(BREAKER_STATES[state])
 
     def set_model_version(self, version: str) -> None:
         if version != self._version:  # a new version answered: it alone is current
-            self.model_info.clear()
+            if self._version is not None:
+                self.model_info.labels(self._version).set(0)
             self.model_info.labels(version).set(1)
             self._version = version
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self.refresh_breakers()
+        if not self._multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -140,7 +140,7 @@ class Router:
                                 baseline_target=strategy.strongest)
         started = time.perf_counter()
         try:
-            classification = self.classifiers[policy.classifier].classify([text])[0]
+            classification = self.classifiers[policy.classifier].classify([text], request.request_id or "")[0]
         except ClassifierUnavailable:
             fail_open = policy.fail_open_target or strategy.strongest
             return Decision((fail_open,), policy.name, "fail_open", degraded=True, private=private,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -497,3 +498,70 @@ def test_metrics_count_what_was_routed(triton: TritonServer, tmp_path: Path) -> 
     assert s[("router_requests_in_flight", ())] == 0
     assert s[("router_circuit_breaker_state", (("target", "gemma3-270m"),))] == 0
     assert s[("router_classifier_model_info", (("version", "1"),))] == 1
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    return _samples(requests.get(url + "/metrics", timeout=10).text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_a_client_that_leaves_a_stream_is_counted_once(triton: TritonServer, tmp_path: Path,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """Mid-stream (through gunicorn): the router stops, records a 499 and frees the request."""
+    with run_router(router_config_dict(triton), tmp_path) as url:
+        host, port = url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "smollm2-135m", "stream": True, "max_tokens": 400, "messages": [
+            {"role": "user", "content": "Write a long story about a lighthouse."}]}).encode()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"X-Request-ID: left-early\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            received = b""
+            while received.count(b"data: ") < 3:  # the role chunk and two tokens
+                received += sock.recv(4096)
+            assert received.startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 30
+        while _metric(url, "router_requests_in_flight") != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _metric(url, "router_requests_in_flight") == 0
+        gone = dict(policy="manual", reason="manual", status="4xx", target="smollm2-135m")
+        assert _metric(url, "router_requests_total", **gone) == 1
+        assert _metric(url, "router_requests_total", **{**gone, "status": "2xx"}) == 0
+    line = next(x for x in _request_lines(capfd.readouterr().err) if x["request_id"] == "left-early")
+    assert line["status"] == 499 and line["stream"] is True
+
+
+def test_a_stream_never_read_is_still_recorded(triton: TritonServer) -> None:
+    """A client gone before the body was read: the generator never runs, closing the response
+    still records the request (in-process, where the WSGI iterable can be left unread)."""
+    from router_service.app import create_app
+    from router_service.config import parse_config
+
+    app = create_app(parse_config(router_config_dict(triton)))
+    client = app.test_client()
+    resp = client.post(CHAT, json={"model": "smollm2-135m", "stream": True, "max_tokens": 2,
+                                   "messages": [{"role": "user", "content": "hi"}]}, buffered=False)
+    assert resp.status_code == 200
+    assert _samples(app.extensions["router"].metrics.render().decode())[("router_requests_in_flight", ())] == 1
+    resp.close()
+    s = _samples(app.extensions["router"].metrics.render().decode())
+    assert s[("router_requests_in_flight", ())] == 0
+    assert s[("router_requests_total", (("policy", "manual"), ("reason", "manual"), ("status", "4xx"),
+                                        ("target", "smollm2-135m")))] == 1
+
+
+def test_request_id_reaches_triton(model_repo: Path, tmp_path: Path) -> None:
+    """The classifier call and the Triton LLM call carry the request id (Triton's verbose log names it)."""
+    server = TritonServer(model_repo, ports=TritonPorts.free(), log_file=tmp_path / "triton.log",
+                          extra_args=["--log-verbose=1"])
+    server.start(timeout_s=600)
+    try:
+        with run_router(router_config_dict(server), tmp_path) as url:
+            routed = requests.post(url + CHAT, json={"model": "router", "max_tokens": 1, "messages": [
+                {"role": "user", "content": "hi"}]}, headers={"X-Request-ID": "trace-me-42"}, timeout=60)
+            assert routed.status_code == 200
+    finally:
+        server.stop()
+    log = (tmp_path / "triton.log").read_text()
+    target_model = {"smollm2-135m": "smollm2_135m", "gemma3-270m": "gemma3_270m"}[routed.headers["x-router-target"]]
+    named = {m for m in ("router_classifier", target_model)
+             if f"request id: trace-me-42, model: {m}" in log}
+    assert named == {"router_classifier", target_model}

@@ -34,6 +34,10 @@ class ThresholdSettings(PolicySettings):
     def target_roles(self) -> list[tuple[str, str]]:
         return [("weak", self.weak), ("strong", self.strong)]
 
+    @property
+    def strong_share_setting(self) -> float | None:
+        return self.strong_share
+
 
 class ThresholdStrategy(RoutingStrategy[ThresholdSettings]):
     settings_model: ClassVar[type[PolicySettings]] = ThresholdSettings

@@ -52,6 +52,8 @@ class TritonLLMTarget:
             payload["stop"] = json.dumps(list(request.stop))
         if request.seed is not None:
             payload["seed"] = request.seed
+        if request.request_id:
+            payload["id"] = request.request_id  # Triton's request id: its logs and traces name it
         return payload
 
     @staticmethod
