@@ -69,6 +69,9 @@ eval: $(STAMP_ALL) ## Score DATA with the served router model; writes SCORES, a 
 cv: $(STAMP_ALL) ## Cross-validate the router-model candidates on the training files (random and held-out-subject/task folds), then score the validation files once; CV_ARGS for options
 	$(PY) -m export.cv --data-dir $(ROUTING_DATA) $(CV_ARGS)
 
+observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus under traffic; draws the chart's dashboard (docs/dashboard.png)
+	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) $(PY) -m local_stack.observe --model-repository $(MODEL_REPOSITORY) $(OBSERVE_ARGS)
+
 bench: $(STAMP_ALL) ## Latency/throughput benchmarks (router overhead, classifier, LLM tokens/s)
 	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) $(BENCH_ARGS)
 

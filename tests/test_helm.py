@@ -36,7 +36,7 @@ NAMESPACE = "llm"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Kinds that are custom resources: no schema in kubernetes-validate, so schema validation skips
 # them (and only them); test_service_monitor checks their shape instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 SCHEMA_ERROR = "values don't meet the specifications of the schema"
 VALUE_SETS = [None, *EXAMPLES]
@@ -553,18 +553,38 @@ def test_security_contexts(helm: str, values: Path | None) -> None:
         assert "emptyDir" in volumes[tmp["name"]]
 
 
-def test_service_monitor(helm: str) -> None:
+def test_service_monitors(helm: str) -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
     docs = render(None, "--set", "metrics.serviceMonitor.enabled=true")
-    (sm,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
-    assert (sm["apiVersion"], sm["kind"]) in CRD_KINDS
-    svc = one(docs, "Service", "triton")
-    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
-    assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}
-    annotations = one(render(), "Deployment", "triton")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8002"
+    monitors = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"router", "triton"}
+    for component, port in (("router", "http"), ("triton", "metrics")):
+        sm, svc = monitors[component], one(docs, "Service", component)
+        assert (sm["apiVersion"], sm["kind"]) in CRD_KINDS
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert sm["spec"]["endpoints"][0]["port"] == port and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+        assert port in {p["name"] for p in svc["spec"]["ports"]}
+    for component, port in (("router", "8080"), ("triton", "8002")):
+        annotations = one(render(), "Deployment", component)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+
+
+def test_dashboard_and_alert_rules(helm: str) -> None:
+    """Off by default; when on, the dashboard ConfigMap carries the sidecar's label and the chart's
+    JSON, and the rules take their settings from values (their PromQL: test_observability.py)."""
+    assert not [d for d in render() if d["kind"] in ("PrometheusRule",) or d["metadata"]["name"].endswith("-dashboard")]
+    docs = render(CHART / "examples" / "scaled-out.yaml", "--set", "metrics.prometheusRule.circuitOpen.for=7m")
+    dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "LLM router"}
+    assert json.loads(dashboard["data"]["llm-router.json"]) == json.loads(
+        (CHART / "dashboards" / "llm-router.json").read_text())
+    (rule,) = objects(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert rules["LLMRouterCircuitOpen"]["for"] == "7m"
+    assert "> 0.15" in rules["LLMRouterStrongShareDrift"]["expr"]
 
 
 def test_ingress(helm: str) -> None:
@@ -595,6 +615,7 @@ BAD_VALUES = {
     "bad-api-key-env": {"router": {"apiKeys": {"existingSecret": "s", "keys": {"not valid": "k"}}}},
     "bad-service-type": {"router": {"service": {"type": "Internal"}}},
     "bad-quantity": {"triton": {"shmSizeLimit": "lots"}},
+    "bad-alert-threshold": {"metrics": {"prometheusRule": {"enabled": True, "errorRate": {"threshold": 5}}}},
 }
 
 
