@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import yaml
 
-from .stack import stop_process
+from .processes import stop_process
 from .triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

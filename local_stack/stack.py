@@ -13,7 +13,9 @@ from pathlib import Path
 
 import requests
 
+from .processes import stop_process
 from .triton_launcher import TritonPorts, TritonServer
+from .valkey import ValkeyServer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,16 +28,6 @@ def start_router(config: Path, host: str, port: int, env: dict[str, str] | None 
                 "ROUTER_PORT": str(port)}
     return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"],
                             env=proc_env, cwd=ROOT)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -74,18 +66,28 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     triton = TritonServer(args.model_repository.resolve(), ports=ports)
+    # The shared store: an external one when ROUTER_STORE_URL says so, else an embedded Valkey.
+    store_url = os.environ.get("ROUTER_STORE_URL", "")
+    valkey = None if store_url else ValkeyServer(port=int(os.environ.get("VALKEY_PORT", "6379")))
     router: subprocess.Popen[bytes] | None = None
     try:
+        if valkey is not None:
+            print(f">> starting Valkey (embedded store) on 127.0.0.1:{valkey.port}", flush=True)
+            store_url = valkey.start().url
         print(f">> starting Triton on {args.model_repository} (http {ports.http}, grpc {ports.grpc})", flush=True)
         triton.start()
         print(f">> starting the router (gunicorn) on {args.host}:{args.port}", flush=True)
         router = start_router(args.config, args.host, args.port,
-                              {"TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url})
+                              {"TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url,
+                               "ROUTER_STORE_URL": store_url})
         wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        auth = ("on (ROUTER_MASTER_KEY is set: clients need a key from /admin/keys)" if os.environ.get(
+            "ROUTER_MASTER_KEY") else "OFF: anyone who can reach the port may use it (set ROUTER_MASTER_KEY to turn "
+            "keys on)")
         print(f"\n>> ready in {time.monotonic() - started:.1f}s: OpenAI base URL http://{args.host}:{args.port}/v1 "
-              f"(model \"router\"); Ctrl-C stops\n", flush=True)
+              f"(model \"router\"); API keys {auth}; Ctrl-C stops\n", flush=True)
         while not stop.is_set() and router.poll() is None and triton.is_running():
             stop.wait(1.0)
         if not stop.is_set():
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if router is not None:
             stop_process(router)
         triton.stop()
+        if valkey is not None:
+            valkey.close()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
 from . import openai_format as fmt
+from .access import AccessError, Gate, Grant
 from .accounting import Accounting, Receipt
 from .api_models import ChatCompletionRequest, CompletionRequest, parse_body
 from .config import RouterConfig
@@ -25,6 +26,7 @@ from .generation import GenerationRequest, Usage
 from .policy import POLICY_MODEL, Decision, Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
+from .store import Store
 from .targets import TargetError
 
 bp = Blueprint("openai_api", __name__)
@@ -40,6 +42,8 @@ class RouterState:
     accounting: Accounting
     request_log: RequestLog
     metrics: RouterMetrics
+    gate: Gate
+    store: Store | None = None
 
 
 def state() -> RouterState:
@@ -72,6 +76,8 @@ class Exchange:
     ttft_s: float | None = None
     generation: GenerationRequest | None = None
     answer: str | None = None
+    grant: Grant | None = None
+    refused: str | None = None  # the AccessError code that refused it
     recorded: bool = False
 
 
@@ -89,6 +95,8 @@ def _finish_request(resp: Response) -> Response:
     """Answer the request id, and log and count the request (a stream does when it ends)."""
     ex: Exchange = g.exchange
     resp.headers["x-request-id"] = ex.request_id
+    if ex.grant is not None:
+        resp.headers.update(ex.grant.headers)
     streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200
     if not streaming and not ex.path.startswith(UNLOGGED_PREFIXES):
         _record(state(), ex, resp.status_code)
@@ -101,6 +109,10 @@ def _record(st: RouterState, ex: Exchange, status: int) -> None:
         return
     ex.recorded = True
     total_s = time.perf_counter() - ex.t0
+    if ex.grant is not None:
+        usage = ex.receipt.usage if ex.receipt is not None else None
+        st.gate.settle(ex.grant, 0 if usage is None else usage.prompt_tokens + usage.completion_tokens,
+                       0.0 if ex.receipt is None else ex.receipt.cost_usd)
     if ex.path in GENERATION_PATHS:
         _count(st.metrics, ex, status, total_s)
     if st.request_log.enabled:
@@ -115,6 +127,8 @@ def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
     status_class = f"{status // 100}xx"
     reason = "none" if decision is None else decision.reason
     m.requests.labels(policy, target, reason, status_class).inc()
+    if ex.refused is not None:
+        m.refusals.labels(ex.refused).inc()
     m.duration.labels(policy, status_class).observe(total_s)
     if ex.upstream_s is not None:
         m.upstream.labels(target).observe(ex.upstream_s)
@@ -187,10 +201,23 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
     return headers
 
 
+def _admit(st: RouterState, ex: Exchange, req: GenerationRequest) -> Grant:
+    """The client's key first, then what it may use, its budget and limits (access.py)."""
+    try:
+        key = st.gate.identify(request.headers.get("Authorization"))
+        policy = st.router.policy_for(req)
+        grant = ex.grant = st.gate.admit(key, req, None if policy is None else policy.name)
+    except AccessError as err:
+        ex.refused = err.code
+        raise
+    return grant
+
+
 def _serve(req: GenerationRequest) -> Response:
     st, ex = state(), g.exchange
     req = ex.generation = dataclasses.replace(req, request_id=ex.request_id)
-    decision = ex.decision = st.router.decide(req)
+    grant = _admit(st, ex, req)
+    decision = ex.decision = st.router.decide(req, downgrade=grant.downgrade)
     if req.stream:
         return _serve_stream(st, ex, req, decision)
     t_up = time.perf_counter()
@@ -284,9 +311,10 @@ def completions() -> Response:
 def route() -> Response:
     """The decision for a chat-completions body, without forwarding it: what chat completions
     would do with the same body (the same validation and errors; nothing is generated or billed)."""
-    ex = g.exchange
+    st, ex = state(), g.exchange
     req = ex.generation = parse_body(ChatCompletionRequest, request.get_data(cache=False))
-    decision = ex.decision = state().router.decide(req)
+    st.gate.identify(request.headers.get("Authorization"))  # a valid key; no limit is counted
+    decision = ex.decision = st.router.decide(req)
     return jsonify(decision_json(req, decision))
 
 
@@ -311,6 +339,7 @@ def _policy_entry(st: RouterState, name: str, model_id: str) -> dict[str, Any]:
 @bp.get("/v1/models")
 def list_models() -> Response:
     st = state()
+    st.gate.identify(request.headers.get("Authorization"))
     config = st.config
     data = [_policy_entry(st, config.default_policy, POLICY_MODEL)]
     data += [_policy_entry(st, p.name, f"{POLICY_MODEL}:{p.name}") for p in config.policies]
@@ -331,6 +360,7 @@ def metrics() -> Response:
 @bp.get("/v1/router/stats")
 def router_stats() -> Response:
     st = state()
+    st.gate.identify(request.headers.get("Authorization"))
     calibration = {name: client.calibration() for name, client in st.router.classifiers.items()}
     breakers = {name: vars(b.snapshot()) for name, b in st.dispatcher.breakers.items()}
     return jsonify({**st.accounting.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,

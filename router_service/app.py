@@ -6,7 +6,11 @@ import os
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
+from .access import Gate
 from .accounting import Accounting
+from .admin_api import bp as admin_bp
+from .api_keys import KeyStore
+from .limits import Limiter
 from .api import RouterState
 from .api import bp as api_bp
 from .classifier_client import ClassifierClient
@@ -19,6 +23,7 @@ from .policy import Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .stats import Stats
+from .store import Store
 from .targets import build_targets
 from .token_count import TokenCounters
 
@@ -43,11 +48,18 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     dispatcher = Dispatcher(build_targets(config), config.reliability)
     metrics = RouterMetrics(lambda: {name: b.snapshot().state for name, b in dispatcher.breakers.items()},
                             config.policies, {t.name: t.fallbacks for t in config.targets})
+    store = None
+    if config.store.url:
+        store = Store(config.store.url, config.store.prefix, config.store.timeout_s,
+                      on_error=lambda operation: metrics.store_errors.labels(operation).inc())
+    gate = Gate(config.auth, KeyStore(store) if store else None, Limiter(store) if store else None)
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
-        accounting=Accounting(config, counters, Stats()), request_log=request_log, metrics=metrics)
+        accounting=Accounting(config, counters, Stats()), request_log=request_log, metrics=metrics, gate=gate,
+        store=store)
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(admin_bp)
     return app

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from .config_base import PolicySettings, StrictModel
 from .generation import ADVISORY_FIELDS, TOOL_FIELDS
@@ -53,6 +53,38 @@ class ServerConfig(StrictModel):
     request_log: bool = True
     # Also the prompt and the answer in those lines: off unless the operator opts in (loudly logged).
     log_prompts: bool = False
+
+
+class StoreConfig(StrictModel):
+    """The shared Redis-protocol store (Valkey, Redis) for keys, limits and spend. ``make run``
+    starts an embedded Valkey and sets ROUTER_STORE_URL; empty: no store (auth cannot be on)."""
+
+    url: str = ""
+    prefix: str = Field("llm-router:", min_length=1)
+    timeout_s: float = Field(0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("store.url must be a redis://, rediss:// or unix:// URL")
+        return url
+
+
+class AuthConfig(StrictModel):
+    """Client API keys. A master key (from the environment: ${ROUTER_MASTER_KEY}) turns them on:
+    every request then needs a key the admin API created, or the master key itself."""
+
+    master_key: SecretStr = SecretStr("")
+    # The store unreachable: "closed" refuses requests (503), "open" serves them unchecked.
+    on_store_error: Literal["closed", "open"] = "closed"
+
+    @field_validator("master_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if 0 < len(key.get_secret_value()) < 16:
+            raise ValueError("auth.master_key must be at least 16 characters")
+        return key
 
 
 class TritonConfig(StrictModel):
@@ -183,6 +215,8 @@ class RouterConfig(StrictModel):
     rules: list[RuleConfig] = Field(default_factory=list)
     privacy: PrivacyConfig = PrivacyConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
+    store: StoreConfig = StoreConfig()
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("classifiers", "targets", "policies", "rules")
     @classmethod
@@ -218,6 +252,8 @@ class RouterConfig(StrictModel):
         clash = targets & {f"router:{p}" for p in policies} | (targets & {"router"})
         if clash:
             raise ValueError(f"target names clash with policy model names: {sorted(clash)}")
+        if self.auth.master_key.get_secret_value() and not self.store.url:
+            raise ValueError("auth.master_key needs store.url: keys, limits and budgets live in the store")
         return self
 
     def target(self, name: str) -> TargetConfig:

@@ -7,7 +7,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .access import AccessError
 from .routing_errors import CannotServe, InvalidOverride, ModelNotFound, PolicyUnavailable, RoutingError
+from .store import StoreUnavailable
 from .targets.base import TargetError
 
 
@@ -67,6 +69,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RoutingError)
     def _routing_error(err: RoutingError) -> Response:
         return routing_error(err).response()
+
+    @app.errorhandler(AccessError)
+    def _access_error(err: AccessError) -> Response:
+        return APIError(err.status, err.message, type=err.type, code=err.code, headers=err.headers).response()
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_error(err: StoreUnavailable) -> Response:
+        return APIError(503, "The router's store is unavailable; retry later.", type="api_error",
+                        code="store_unavailable", headers={"Retry-After": "1"}).response()
 
     @app.errorhandler(TargetError)
     def _target_error(err: TargetError) -> Response:

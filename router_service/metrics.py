@@ -58,6 +58,10 @@ class RouterMetrics:
                                 ["policy"], registry=r)
         self.low_confidence = Counter("router_low_confidence_decisions", "Decisions a policy's low_confidence "
                                       "action made", ["policy"], registry=r)
+        self.store_errors = Counter("router_store_errors", "Failed calls to the shared store (keys, limits, spend)",
+                                    ["operation"], registry=r)
+        self.refusals = Counter("router_access_refusals", "Requests refused by key checks, limits or budgets",
+                                ["code"], registry=r)
         self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r,
                                multiprocess_mode="livesum")
         self.breaker = Gauge("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, "

@@ -42,7 +42,8 @@ POLICY_MODEL = "router"
 class Decision:
     candidates: tuple[str, ...]  # the chosen target first, then its allowed fallbacks
     policy: str | None  # None: manual routing
-    # manual | classifier | low_confidence | rule:<name> | fail_open; ":escalated" when a constraint forced it
+    # manual | classifier | low_confidence | rule:<name> | fail_open | budget_downgrade; ":escalated" when a
+    # constraint forced it
     reason: str
     score: float | None = None
     confidence: float | None = None  # how familiar the prompt is to the classifier, when it says
@@ -120,11 +121,18 @@ class Router:
         return self.strategies[name].settings
 
     # -- the decision ------------------------------------------------------------------------
-    def decide(self, request: GenerationRequest) -> Decision:
+    def decide(self, request: GenerationRequest, downgrade: bool = False) -> Decision:
+        """``downgrade``: the client's key is near its budget; a policy then picks its cheapest
+        target without asking the classifier (manual routing is unaffected)."""
         policy = self.policy_for(request)
         private = self._privacy.find("\n".join(m.content for m in request.messages))
         if policy is None:
             choice = Decision((request.model,), None, "manual", private=private)
+        elif downgrade:
+            strategy = self.strategies[policy.name]
+            strategy.check(request.router)
+            choice = Decision((strategy.targets[0],), policy.name, "budget_downgrade", private=private,
+                              baseline_target=strategy.strongest)
         else:
             choice = self._policy_choice(self.strategies[policy.name], request, private)
         return self._constrain(choice, policy, request)
