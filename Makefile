@@ -109,12 +109,16 @@ $(PROMETHEUS):
 
 prometheus: $(PROMETHEUS) ## Fetch the pinned Prometheus server and promtool
 
+# The chart refuses to render without a master-key Secret (or router.auth.enabled=false): the
+# default values are checked with this Secret name.
+HELM_SET ?= --set router.auth.masterKeySecret.name=llm-router-master-key
+
 helm-lint: $(HELM) ## helm lint --strict with the default and every example values file
-	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) $(HELM_SET)
 	@for f in $(CHART)/examples/*.yaml; do echo ">> $$f"; $(HELM) lint --strict $(CHART) -f $$f || exit 1; done
 
 helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
-	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES))
+	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES),$(HELM_SET))
 
 test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## Install everything and run the whole test suite
 	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)

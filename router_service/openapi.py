@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic.json_schema import models_json_schema
 
 from . import __version__
+from .api_keys import KeyLimits
 from .api_models import ChatCompletionRequest, CompletionRequest
 
 bp = Blueprint("openapi", __name__)
@@ -37,7 +38,7 @@ def _generation(summary: str, model: str) -> dict[str, Any]:
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}},
         "responses": {"200": _answer("the answer, or an SSE stream with `stream: true`", _OBJECT, stream=True),
-                      **_errors(400, 404, 413, 429, 502, 503, 504)}}}
+                      **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504)}}}
 
 
 def _route() -> dict[str, Any]:
@@ -51,10 +52,23 @@ def _get(summary: str, *errors: int) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": _answer("OK", _OBJECT), **_errors(*errors)}}}
 
 
+def _admin(summary: str, method: str, status: int = 200, body: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "security": [{"masterKey": []}],
+                          "responses": {str(status): _answer("the key(s), without secrets but at creation",
+                                                             _OBJECT), **_errors(400, 401, 404, 503)}}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/KeyLimits"}}}}
+    return {method: op}
+
+
+_KEY_ID = [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
-                                 ref_template="#/components/schemas/{model}")
+    _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
+                                  (KeyLimits, "validation")], ref_template="#/components/schemas/{model}")
     schemas = {**defs["$defs"], "Error": _ERROR}
     return {
         "openapi": "3.1.0",
@@ -70,8 +84,17 @@ def openapi_document() -> dict[str, Any]:
             "/health/ready": _get("Readiness: Triton and every classifier model", 503),
             "/openapi.json": _get("This document"),
             "/metrics": _get("Prometheus metrics (text format)"),
+            "/admin/keys": {**_admin("Create a client API key (the secret is answered once)", "post", 201, True),
+                            **_admin("List the client API keys", "get")},
+            "/admin/keys/{key_id}": {"parameters": _KEY_ID, **_admin("A key, with its current spend", "get"),
+                                     **_admin("Change a key's limits (only the fields given)", "patch", body=True),
+                                     **_admin("Revoke a key", "delete")},
         },
-        "components": {"schemas": schemas},
+        # With auth on (auth.master_key), client endpoints need a key; /admin needs the master key.
+        "security": [{}, {"apiKey": []}],
+        "components": {"schemas": schemas, "securitySchemes": {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "a client key from /admin/keys"},
+            "masterKey": {"type": "http", "scheme": "bearer", "description": "the master key"}}},
     }
 
 

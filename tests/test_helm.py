@@ -63,8 +63,15 @@ def helm() -> str:
     return _helm_bin()
 
 
+# The chart refuses to render without a master-key Secret: every render names one (the examples
+# do too); test_auth_needs_a_master_key_secret checks the refusal itself.
+MASTER_KEY_SET = ("--set", "router.auth.masterKeySecret.name=llm-router-master-key")
+
+
 def run_helm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_helm_bin(), *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    extra = MASTER_KEY_SET if args and args[0] in ("template", "lint") else ()
+    return subprocess.run([_helm_bin(), *args, *extra], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=ROOT)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,9 +194,13 @@ def test_default_render_has_the_expected_objects(helm: str) -> None:
         ("ConfigMap", "llm-router-config"),
         ("Deployment", "llm-router"),
         ("Deployment", "llm-router-triton"),
+        ("Deployment", "llm-router-valkey"),
         ("HorizontalPodAutoscaler", "llm-router"),
         ("NetworkPolicy", "llm-router"),
         ("NetworkPolicy", "llm-router-triton"),
+        ("NetworkPolicy", "llm-router-valkey"),
+        ("PersistentVolumeClaim", "llm-router-valkey"),
+        ("Service", "llm-router-valkey"),
         ("PodDisruptionBudget", "llm-router"),
         ("PodDisruptionBudget", "llm-router-triton"),
         ("Pod", "llm-router-test-connection"),
@@ -787,3 +798,41 @@ def test_notes_explain_how_to_call_the_endpoint(helm: str, values: Path | None, 
         assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE} 8080:8080" in notes
     else:
         assert "export ROUTER_URL=https://llm-router.example.com" in notes
+
+
+# --------------------------------------------------------------------------------------------
+# API keys and the shared store
+# --------------------------------------------------------------------------------------------
+def test_auth_needs_a_master_key_secret(helm: str) -> None:
+    bare = subprocess.run([helm, "template", RELEASE, str(CHART)], capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0 and "router.auth.masterKeySecret.name is required" in bare.stderr
+    off = subprocess.run([helm, "template", RELEASE, str(CHART), "--set", "router.auth.enabled=false"],
+                         capture_output=True, text=True, timeout=120)
+    assert off.returncode == 0, off.stderr
+    env = {e["name"] for e in one([d for d in yaml.safe_load_all(off.stdout) if d], "Deployment", "router")
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "ROUTER_MASTER_KEY" not in env
+    no_store = subprocess.run([helm, "template", RELEASE, str(CHART), *MASTER_KEY_SET, "--set", "valkey.enabled=false"],
+                              capture_output=True, text=True, timeout=120)
+    assert no_store.returncode != 0 and "router.auth needs a store" in no_store.stderr
+
+
+def test_router_reads_the_master_key_and_the_store_from_the_release(helm: str) -> None:
+    docs = render()
+    env = {e["name"]: e for e in one(docs, "Deployment", "router")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ROUTER_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "llm-router-master-key",
+                                                                      "key": "master-key"}
+    svc = one(docs, "Service", "valkey")
+    assert env["ROUTER_STORE_URL"]["value"] == f"redis://{svc['metadata']['name']}:6379/0"
+    valkey = one(docs, "Deployment", "valkey")
+    claim = valkey["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == one(docs, "PersistentVolumeClaim", "valkey")["metadata"]["name"]
+    assert valkey["spec"]["strategy"]["type"] == "Recreate"
+    # An existing store instead: no Valkey objects, the URL from its Secret.
+    docs = render(None, "--set", "router.store.urlSecret.name=redis-url")
+    assert not [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "valkey"]
+    env = {e["name"]: e for e in one(docs, "Deployment", "router")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ROUTER_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
+    # The chart's config reads both from the environment, as config/router.yaml does.
+    config = yaml.safe_load(_config_text(render()))
+    assert config["auth"] == {"master_key": "${ROUTER_MASTER_KEY:-}"} and config["store"] == {"url": "${ROUTER_STORE_URL:-}"}

@@ -30,6 +30,25 @@ Name of the Triton objects (Deployment, Service, ...).
 {{- printf "%s-triton" (include "llm-router.fullname" . | trunc 56 | trimSuffix "-") }}
 {{- end }}
 
+{{- define "llm-router.valkey.fullname" -}}
+{{- printf "%s-valkey" (include "llm-router.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The router's shared-store settings, checked: auth needs a master-key Secret (unless turned off)
+and a store (router.store or this chart's Valkey).
+*/}}
+{{- define "llm-router.checkAuth" -}}
+{{- $r := .Values.router }}
+{{- $store := or $r.store.url $r.store.urlSecret.name .Values.valkey.enabled }}
+{{- if and $r.auth.enabled (not $r.auth.masterKeySecret.name) }}
+{{- fail "router.auth.masterKeySecret.name is required: create a Secret with the master key (kubectl create secret generic llm-router-master-key --from-literal=master-key=$(openssl rand -hex 32)) and name it here, or set router.auth.enabled=false to run without API keys (anyone who reaches the router may use it)" }}
+{{- end }}
+{{- if and $r.auth.enabled (not $store) }}
+{{- fail "router.auth needs a store: set router.store.url (or urlSecret) or valkey.enabled=true" }}
+{{- end }}
+{{- end }}
+
 {{/*
 Create chart name and version as used by the chart label.
 */}}
