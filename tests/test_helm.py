@@ -798,6 +798,9 @@ def test_notes_explain_how_to_call_the_endpoint(helm: str, values: Path | None, 
         assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE} 8080:8080" in notes
     else:
         assert "export ROUTER_URL=https://llm-router.example.com" in notes
+    # Keys are on: how to read the master key and make a client key, and send it.
+    assert "get secret llm-router-master-key" in notes and "$ROUTER_URL/admin/keys" in notes
+    assert '-H "Authorization: Bearer $KEY"' in notes and 'api_key="<KEY>"' in notes
 
 
 # --------------------------------------------------------------------------------------------
