@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import RouterConfig, TargetConfig
 from .generation import Usage
 from .policy import Decision
-from .stats import Stats
+from .stats import Stats, StatsSink
 from .token_count import TokenCounters
 
 
@@ -25,7 +25,7 @@ class Receipt:
 
 
 class Accounting:
-    def __init__(self, config: RouterConfig, counters: TokenCounters, stats: Stats) -> None:
+    def __init__(self, config: RouterConfig, counters: TokenCounters, stats: StatsSink) -> None:
         self._targets = {t.name: t for t in config.targets}
         self._counters = counters
         self.stats = stats

@@ -13,6 +13,7 @@ from .api_keys import KeyStore
 from .limits import Limiter
 from .api import RouterState
 from .api import bp as api_bp
+from .circuit_breaker import CircuitBreaker
 from .classifier_client import ClassifierClient
 from .config import RouterConfig, load_config
 from .dispatch import Dispatcher
@@ -22,6 +23,8 @@ from .openapi import bp as openapi_bp
 from .policy import Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
+from .shared_breaker import SharedBreaker
+from .shared_stats import SharedStats
 from .stats import Stats
 from .store import Store
 from .targets import build_targets
@@ -45,17 +48,20 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     counters = TokenCounters({t.name: t.tokenizer for t in config.targets})
     request_log = RequestLog(config.server.request_log, config.server.log_prompts)
     request_log.warn_if_prompts()
-    dispatcher = Dispatcher(build_targets(config), config.reliability)
-    metrics = RouterMetrics(lambda: {name: b.snapshot().state for name, b in dispatcher.breakers.items()},
-                            config.policies, {t.name: t.fallbacks for t in config.targets})
     store = None
     if config.store.url:
         store = Store(config.store.url, config.store.prefix, config.store.timeout_s,
                       on_error=lambda operation: metrics.store_errors.labels(operation).inc())
+    breaker_config = config.reliability.circuit_breaker
+    dispatcher = Dispatcher(build_targets(config), config.reliability,
+                            (lambda name: SharedBreaker(name, breaker_config, store)) if store is not None
+                            else (lambda name: CircuitBreaker(breaker_config)))
+    metrics = RouterMetrics(lambda: {name: b.state for name, b in dispatcher.breakers.items()},
+                            config.policies, {t.name: t.fallbacks for t in config.targets})
     gate = Gate(config.auth, KeyStore(store) if store else None, Limiter(store) if store else None)
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
-        accounting=Accounting(config, counters, Stats()), request_log=request_log, metrics=metrics, gate=gate,
+        accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()), request_log=request_log, metrics=metrics, gate=gate,
         store=store)
     register_error_handlers(app)
     app.register_blueprint(api_bp)

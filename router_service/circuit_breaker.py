@@ -35,6 +35,11 @@ class CircuitBreaker:
             return "closed"
         return "open" if now - self._opened_at < self._config.cooldown_s else "half_open"
 
+    @property
+    def state(self) -> State:
+        with self._lock:
+            return self._state(self._clock())
+
     def allow(self) -> bool:
         """May a call go to this target now? In half-open state only one trial at a time."""
         with self._lock:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from .circuit_breaker import CircuitBreaker
+from .circuit_breaker import BreakerSnapshot
 from .config import ReliabilityConfig
 from .generation import Chunk, Completion, GenerationRequest
 from .targets import Target, TargetError
@@ -31,11 +31,23 @@ class Served:
         return len(self.attempts) > 1
 
 
+class Breaker(Protocol):
+    """circuit_breaker.CircuitBreaker (one process) or shared_breaker.SharedBreaker (the store)."""
+
+    @property
+    def state(self) -> str: ...
+    def allow(self) -> bool: ...
+    def record_success(self) -> None: ...
+    def record_failure(self) -> None: ...
+    def snapshot(self) -> BreakerSnapshot: ...
+
+
 class Dispatcher:
-    def __init__(self, targets: dict[str, Target], reliability: ReliabilityConfig) -> None:
+    def __init__(self, targets: dict[str, Target], reliability: ReliabilityConfig,
+                 breaker: Callable[[str], Breaker]) -> None:
         self.targets = targets
         self.reliability = reliability
-        self.breakers = {name: CircuitBreaker(reliability.circuit_breaker) for name in targets}
+        self.breakers = {name: breaker(name) for name in targets}
 
     def _run(self, candidates: tuple[str, ...], call: Callable[[Target], T]) -> tuple[T, Served]:
         attempts: list[str] = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
 
 from .generation import Usage
 
@@ -27,11 +27,30 @@ class Totals:
     def savings_usd(self) -> float:
         return self.baseline_cost_usd - self.cost_usd if self.baseline_cost_usd else 0.0
 
+    def add(self, other: "Totals") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "savings_usd": round(self.savings_usd, 10)}
 
 
+class StatsSink(Protocol):
+    """Stats (this process) or shared_stats.SharedStats (every process, through the store)."""
+
+    def record(self, target: str, policy: str | None, usage: Usage, cost_usd: float,
+               baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False,
+               confidence: float | None = None, low_confidence: bool = False) -> None: ...
+
+    def record_error(self, target: str | None) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class Stats:
+    """Totals in this process (one gunicorn worker). shared_stats.SharedStats sums them over
+    every process through the store."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_target: dict[str, Totals] = defaultdict(Totals)
@@ -67,6 +86,39 @@ class Stats:
             self._total.errors += 1
             if target is not None:
                 self._by_target[target].errors += 1
+
+    def drain(self) -> "Stats":
+        """What was recorded since the last drain, as a Stats of its own; this one starts over."""
+        fresh = Stats()
+        with self._lock:
+            drained = Stats()
+            drained._by_target, drained._by_policy, drained._total = self._by_target, self._by_policy, self._total
+            drained._fallbacks, drained._degraded = self._fallbacks, self._degraded
+            drained._classified, drained._low_confidence = self._classified, self._low_confidence
+            self._by_target, self._by_policy, self._total = fresh._by_target, fresh._by_policy, fresh._total
+            self._fallbacks = self._degraded = self._classified = self._low_confidence = 0
+        return drained
+
+    def merge(self, other: "Stats") -> None:
+        """Add ``other``'s totals to these."""
+        with self._lock:
+            for mine, theirs in ((self._by_target, other._by_target), (self._by_policy, other._by_policy)):
+                for name, totals in theirs.items():
+                    mine[name].add(totals)
+            self._total.add(other._total)
+            self._fallbacks += other._fallbacks
+            self._degraded += other._degraded
+            self._classified += other._classified
+            self._low_confidence += other._low_confidence
+
+    def counters(self) -> dict[str, int]:
+        return {"fallbacks": self._fallbacks, "degraded": self._degraded,
+                "classified_with_confidence": self._classified, "low_confidence": self._low_confidence}
+
+    def groups(self) -> dict[str, Totals]:
+        """Every bucket by its name in the store: ``total``, ``target:<name>``, ``policy:<name>``."""
+        return {"total": self._total, **{f"target:{k}": v for k, v in self._by_target.items()},
+                **{f"policy:{k}": v for k, v in self._by_policy.items()}}
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

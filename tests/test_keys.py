@@ -13,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from local_stack.triton_launcher import TritonServer
+from local_stack.triton_launcher import TritonServer, free_port
 from local_stack.valkey import ValkeyServer
 
 from .conftest import router_config_dict, run_router
@@ -30,7 +30,12 @@ def valkey() -> Iterator[ValkeyServer]:
 
 
 def keyed_config(triton: TritonServer, store_url: str, **auth: object) -> dict:
-    return router_config_dict(triton, store={"url": store_url}, auth={"master_key": MASTER, **auth})
+    config = router_config_dict(triton, store={"url": store_url}, auth={"master_key": MASTER, **auth})
+    # A target nothing listens for, to trip its (shared) circuit breaker.
+    config["targets"].append({"name": "dead", "kind": "openai", "url": f"http://127.0.0.1:{free_port()}/v1",
+                              "model": "m", "context_window": 2048})
+    config["reliability"] = {"circuit_breaker": {"failure_threshold": 3, "window_s": 60, "cooldown_s": 60}}
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +228,37 @@ def test_store_down_fails_closed_or_open(triton: TritonServer, tmp_path: Path) -
             assert requests.get(open_ + "/health/ready", timeout=10).status_code == 200
             metrics = requests.get(closed + "/metrics", timeout=10).text
             assert 'router_store_errors_total{operation="get_key"}' in metrics
+
+
+# --- circuit breakers and stats shared through the store ---
+
+def test_a_circuit_opened_by_one_process_is_open_in_the_other(routers: tuple[str, str]) -> None:
+    a, b = routers
+    _, key = new_key(a)
+    first = [chat(a, key, model="dead").status_code for _ in range(3)]
+    assert first == [502, 502, 502] or set(first) <= {502, 503}, first
+    time.sleep(0.6)  # a process re-reads the shared state at most every 0.5 s
+    refused = chat(b, key, model="dead")  # b never called the target itself
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "circuit_open"
+    stats = requests.get(b + "/v1/router/stats", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    assert stats["circuit_breakers"]["dead"]["state"] == "open"
+    assert stats["circuit_breakers"]["smollm2-135m"]["state"] == "closed"
+
+
+def test_stats_add_up_over_processes(routers: tuple[str, str]) -> None:
+    a, b = routers
+    _, key = new_key(a)
+    auth = {"Authorization": f"Bearer {key}"}
+
+    def total() -> dict:
+        return requests.get(a + "/v1/router/stats", headers=auth, timeout=10).json()["by_target"].get(
+            "smollm2-135m", {"requests": 0, "cost_usd": 0.0})
+
+    before = total()
+    answers = [chat(url, key, max_tokens=2) for url in (a, b, b, a, b)]
+    assert all(r.status_code == 200 for r in answers)
+    time.sleep(1.5)  # b adds what it counted to the store every second
+    after = total()
+    assert after["requests"] - before["requests"] == 5
+    assert after["cost_usd"] - before["cost_usd"] == pytest.approx(
+        sum(float(r.headers["x-router-cost-usd"]) for r in answers), rel=1e-6)

@@ -182,7 +182,7 @@ class _BrokenAdapter:
 def test_an_adapter_bug_does_not_leave_a_half_open_breaker_stuck() -> None:
     adapter = _BrokenAdapter()
     config = ReliabilityConfig(circuit_breaker=CircuitBreakerConfig(failure_threshold=1, window_s=60, cooldown_s=0.05))
-    dispatcher = Dispatcher({"broken": adapter}, config)
+    dispatcher = Dispatcher({"broken": adapter}, config, lambda _: CircuitBreaker(config.circuit_breaker))
     request = parse_chat({"model": "broken", "messages": [{"role": "user", "content": "x"}]})
     with pytest.raises(KeyError):
         dispatcher.complete(("broken",), request)
