@@ -369,6 +369,23 @@ def test_refused_upstream_key_falls_back_and_trips_the_breaker(triton: TritonSer
         assert "wrong-key" not in resp.text
 
 
+@pytest.mark.parametrize("status", [400, 500, 429])
+def test_an_upstream_error_that_echoes_the_key_is_redacted(triton: TritonServer, proxy: FaultProxy,
+                                                           tmp_path: Path, status: int) -> None:
+    """A provider quoting the router's key back in its error text: the client sees the error,
+    never the key (nor anything shaped like one)."""
+    config = gateway_config(triton, proxy.url)
+    config["targets"].append({"name": "ext-alone", "kind": "openai", "url": proxy.url, "model": "m",
+                              "context_window": 2048, "api_key_env": "EXT_API_KEY"})
+    secret = "sk-live-0a1b2c3d4e5f6a7b8c9d"
+    with run_router(config, tmp_path, env={"EXT_API_KEY": secret}) as url:
+        proxy.fail_next(1, status, echo_auth=True)
+        resp = requests.post(url + "/v1/chat/completions", json={"model": "ext-alone", "messages": HELLO}, timeout=30)
+    assert resp.status_code == {400: 400, 500: 502, 429: 429}[status]
+    assert "injected fault; you sent Bearer [redacted]" in resp.json()["error"]["message"]
+    assert secret not in resp.text and secret[3:] not in resp.text
+
+
 def test_broken_upstream_stream_ends_with_an_error_event(gateway: str, proxy: FaultProxy) -> None:
     proxy.break_stream_after = 3
     with requests.post(gateway + "/v1/chat/completions", stream=True, timeout=60,

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,7 +71,7 @@ class FaultProxy:
         self.request_ids_seen: list[str | None] = []
         self.authorization_seen: list[str] = []
         self.rejected = 0
-        self._faults: list[tuple[int, str | None]] = []
+        self._faults: list[tuple[int, str | None, bool]] = []
         self.break_stream_after: int | None = None
         self._lock = threading.Lock()
         proxy = self
@@ -93,10 +94,13 @@ class FaultProxy:
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is not None:
                     proxy.rejected += 1
-                    status, retry_after = fault
+                    status, retry_after, echo = fault
                     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-                    return self._reply(status, b'{"error": {"message": "injected fault", "type": "rate_limit"}}',
-                                       "application/json", headers)
+                    # Some providers quote the credential they were given in their error text.
+                    message = f"injected fault; you sent {self.headers.get('Authorization', '')}" if echo \
+                        else "injected fault"
+                    return self._reply(status, json.dumps({"error": {"message": message, "type": "rate_limit"}})
+                                       .encode(), "application/json", headers)
                 proxy.requests_seen.append(body)
                 proxy.authorization_seen.append(self.headers.get("Authorization", ""))
                 upstream = requests.post(proxy.upstream + self.path.removeprefix("/v1"), data=body, timeout=120,
@@ -140,9 +144,9 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def fail_next(self, n: int, status: int = 429, retry_after: str | None = None) -> None:
+    def fail_next(self, n: int, status: int = 429, retry_after: str | None = None, echo_auth: bool = False) -> None:
         with self._lock:
-            self._faults = [(status, retry_after)] * n
+            self._faults = [(status, retry_after, echo_auth)] * n
 
     def reset(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,11 +31,24 @@ def _error_message(resp: requests.Response) -> str:
     return str(error if error is not None else body)[:500]
 
 
-def check_response(resp: requests.Response, target: str) -> None:
-    """Turn an upstream HTTP error into a TargetError with the status the client should see."""
+# What a provider's error text may echo of a credential: bearer tokens and sk-style keys.
+_CREDENTIAL = re.compile(r"(?i)(bearer\s+)\S+|\b(sk|pk|rk|key)[-_][A-Za-z0-9_\-*.]{6,}")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """The text with the given secrets, and anything shaped like a credential, blanked out."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+def check_response(resp: requests.Response, target: str, secrets: tuple[str, ...] = ()) -> None:
+    """Turn an upstream HTTP error into a TargetError with the status the client should see; the
+    upstream's words travel on with ``secrets`` (the router's key for it) and lookalikes redacted."""
     if resp.ok:
         return
-    message = f"target '{target}' answered {resp.status_code}: {_error_message(resp)}"
+    message = f"target '{target}' answered {resp.status_code}: {redact(_error_message(resp), secrets)}"
     if resp.status_code == 429:
         raise TargetError(message, 429, code="rate_limited", retry_after_s=_retry_after(resp))
     if resp.status_code >= 500:

@@ -22,6 +22,10 @@ class OpenAITarget:
         self._base_url = base_url
         self._timeout = (config.connect_timeout_s, config.read_timeout_s)
 
+    def _secrets(self) -> tuple[str, ...]:
+        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        return (key,) if key else ()
+
     def _headers(self, request: GenerationRequest) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if request.request_id:
@@ -67,7 +71,7 @@ class OpenAITarget:
         with upstream_call(self.name):
             resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
                                       timeout=self._timeout)
-        check_response(resp, self.name)
+        check_response(resp, self.name, self._secrets())
         try:
             body = resp.json()
             choice = body["choices"][0]
@@ -84,7 +88,7 @@ class OpenAITarget:
             resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
                                       timeout=self._timeout, stream=True)
         with resp:
-            check_response(resp, self.name)
+            check_response(resp, self.name, self._secrets())
             with upstream_call(self.name):
                 for event in iter_sse_json(resp, self.name):
                     usage = self._usage(event)
