@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import yaml
 
-from .processes import stop_process
+from .processes import stop_process, wait_until_ready
 from .triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,17 +136,9 @@ class PrometheusServer:
                "--web.enable-lifecycle"]
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self._dir)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self._proc.returncode}:\n{self.log_file.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + "/-/ready", timeout=1).ok:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"prometheus not ready after {timeout_s:.0f}s; log: {self.log_file}")
+        wait_until_ready(self._proc, lambda: requests.get(self.url + "/-/ready", timeout=1).ok, timeout_s,
+                         "prometheus", self.log_file)
+        return self
 
     def stop(self) -> None:
         if self._proc is not None:

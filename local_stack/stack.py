@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from .processes import stop_process
+from .processes import stop_process, wait_until_ready
 from .triton_launcher import TritonPorts, TritonServer
 from .valkey import ValkeyServer
 
@@ -32,17 +32,8 @@ def start_router(config: Path, host: str, port: int, env: dict[str, str] | None 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Poll ``url`` until it answers 200; fail early if ``proc`` dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the router exited with code {proc.returncode} during start-up")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"the router was not ready at {url} after {timeout_s:.0f}s")
+    wait_until_ready(proc, lambda: requests.get(url, timeout=2).status_code == 200, timeout_s, "the router",
+                     "its output above", poll_s=0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

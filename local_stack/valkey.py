@@ -7,10 +7,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from .processes import stop_process
+from .processes import stop_process, wait_until_ready
 from .triton_launcher import free_port
 
 
@@ -46,18 +45,13 @@ class ValkeyServer:
                "--save", "", "--appendonly", "no", "--logfile", str(self.log_file), "--protected-mode", "yes"]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"valkey-server exited with {self._proc.returncode}; see {self.log_file}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"valkey-server not ready after {timeout_s:.0f}s; see {self.log_file}")
+        wait_until_ready(self._proc, self._pong, timeout_s, "valkey-server", self.log_file, poll_s=0.05)
+        return self
+
+    def _pong(self) -> bool:
+        with socket.create_connection((self.host, self.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
 
     def stop(self) -> None:
         if self._proc is not None:

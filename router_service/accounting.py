@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import RouterConfig, TargetConfig
 from .generation import Usage
 from .policy import Decision
-from .stats import Stats, StatsSink
+from .stats import StatsSink
 from .token_count import TokenCounters
 
 

@@ -14,8 +14,10 @@ from .limits import Limiter
 from .api import RouterState
 from .api import bp as api_bp
 from .circuit_breaker import CircuitBreaker
+from .classifier import Classifier
 from .classifier_client import ClassifierClient
-from .config import RouterConfig, load_config
+from .config import ClassifierConfig, RouterConfig, load_config
+from .decision_cache import CachedClassifier
 from .dispatch import Dispatcher
 from .errors import register_error_handlers
 from .health import bp as health_bp
@@ -33,6 +35,15 @@ from .token_count import TokenCounters
 DEFAULT_CONFIG = "config/router.yaml"
 
 
+def _classifier(config: RouterConfig, c: ClassifierConfig, metrics: RouterMetrics) -> Classifier:
+    """The Triton client of a classifier, behind its decision cache unless that is off."""
+    client = ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
+    if c.cache.size == 0:
+        return client
+    hits, misses = metrics.classifier_cache.labels(c.name, "hit"), metrics.classifier_cache.labels(c.name, "miss")
+    return CachedClassifier(client, c.cache.size, c.cache.ttl_s, on_lookup=lambda hit: (hits if hit else misses).inc())
+
+
 def create_app(config: RouterConfig | None = None) -> Flask:
     """Build the app. Without an explicit config, read the YAML at $ROUTER_CONFIG."""
     if config is None:
@@ -41,10 +52,8 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # answers keep the order they are built in
-    classifiers = {
-        c.name: ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
-        for c in config.classifiers
-    }
+    metrics = RouterMetrics(config.policies, {t.name: t.fallbacks for t in config.targets})
+    classifiers = {c.name: _classifier(config, c, metrics) for c in config.classifiers}
     counters = TokenCounters({t.name: t.tokenizer for t in config.targets})
     request_log = RequestLog(config.server.request_log, config.server.log_prompts)
     request_log.warn_if_prompts()
@@ -56,13 +65,12 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     dispatcher = Dispatcher(build_targets(config), config.reliability,
                             (lambda name: SharedBreaker(name, breaker_config, store)) if store is not None
                             else (lambda name: CircuitBreaker(breaker_config)))
-    metrics = RouterMetrics(lambda: {name: b.state for name, b in dispatcher.breakers.items()},
-                            config.policies, {t.name: t.fallbacks for t in config.targets})
+    metrics.watch_breakers(lambda: {name: b.state for name, b in dispatcher.breakers.items()})
     gate = Gate(config.auth, KeyStore(store) if store else None, Limiter(store) if store else None)
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
-        accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()), request_log=request_log, metrics=metrics, gate=gate,
-        store=store)
+        accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()),
+        request_log=request_log, metrics=metrics, gate=gate, store=store)
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

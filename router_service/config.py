@@ -93,11 +93,20 @@ class TritonConfig(StrictModel):
     timeout_s: float = Field(2.0, gt=0)
 
 
+class DecisionCacheConfig(StrictModel):
+    """Reuse a classification for the same classifier input (decision_cache.py)."""
+
+    size: int = Field(10_000, ge=0, description="Entries kept (least recently used go first); 0 turns it off.")
+    # A new model version serves new scores at most this long after it is loaded.
+    ttl_s: float = Field(300.0, gt=0)
+
+
 class ClassifierConfig(StrictModel):
     name: str = Field(min_length=1)
     triton_model: str = "router_classifier"
     # Empty: the latest version Triton serves.
     model_version: str = ""
+    cache: DecisionCacheConfig = DecisionCacheConfig()
 
 
 class TargetConfig(StrictModel):

@@ -26,11 +26,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RouterMetrics:
-    def __init__(self, breaker_states: Callable[[], dict[str, str]], policies: Sequence[PolicySettings] = (),
+    def __init__(self, policies: Sequence[PolicySettings] = (),
                  fallbacks: Mapping[str, Sequence[str]] | None = None) -> None:
         """``fallbacks``: every target, with the targets it falls back to."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self._breaker_states = breaker_states
+        self._breaker_states: Callable[[], dict[str, str]] = dict
         self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
         self.requests = Counter("router_requests", "Requests by policy, target, reason and status class",
@@ -47,6 +47,8 @@ class RouterMetrics:
                               "to the first generated chunk, per target", ["target"], buckets=BUCKETS, registry=r)
         self.classifier = Histogram("router_classifier_duration_seconds", "Classification call duration",
                                     ["policy"], buckets=BUCKETS, registry=r)
+        self.classifier_cache = Counter("router_classifier_cache", "Decision cache lookups: the same classifier "
+                                        "input within its TTL reuses the score", ["classifier", "result"], registry=r)
         self.tokens = Counter("router_tokens", "Tokens by target and kind (prompt, completion)",
                               ["target", "kind"], registry=r)
         self.cost = Counter("router_cost_usd", "Cost of the answers in USD", ["policy", "target"], registry=r)
@@ -76,7 +78,6 @@ class RouterMetrics:
             if p.strong_share_setting is not None:
                 share_setting.labels(p.name).set(p.strong_share_setting)
         self._start_at_zero(policies, fallbacks or {})
-        self.refresh_breakers()
         self._version: str | None = None
 
     def _start_at_zero(self, policies: Sequence[PolicySettings], fallbacks: Mapping[str, Sequence[str]]) -> None:
@@ -105,6 +106,11 @@ class RouterMetrics:
             self.low_confidence.labels(p.name)
             for target in p.targets:
                 self.cost.labels(p.name, target)
+
+    def watch_breakers(self, states: Callable[[], dict[str, str]]) -> None:
+        """Where the breaker states come from (the dispatcher, built after the metrics)."""
+        self._breaker_states = states
+        self.refresh_breakers()
 
     def refresh_breakers(self) -> None:
         """Publish this process's breaker states: after each request and at scrape time."""

@@ -566,3 +566,47 @@ def test_request_id_reaches_triton(model_repo: Path, tmp_path: Path) -> None:
     named = {m for m in ("router_classifier", target_model)
              if f"request id: trace-me-42, model: {m}" in log}
     assert named == {"router_classifier", target_model}
+
+
+# --- decision cache ---
+
+def _classifier_inferences(triton: TritonServer) -> int:
+    stats = requests.get(f"{triton.http_url}/v2/models/router_classifier/stats", timeout=10).json()
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+
+def test_decision_cache_reuses_a_classification(triton: TritonServer) -> None:
+    """Against the real classifier: a repeated input is answered from the cache (Triton's own
+    statistics show no new inference) with the same classification; the TTL and the size bound
+    send it back to Triton."""
+    from router_service.decision_cache import CachedClassifier
+
+    now = [0.0]
+    lookups: list[bool] = []
+    cached = CachedClassifier(ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30), size=2,
+                              ttl_s=60, on_lookup=lookups.append, clock=lambda: now[0])
+    before = _classifier_inferences(triton)
+    first = cached.classify([PROMPTS[0]])
+    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton) == before + 1
+    now[0] = 61.0  # expired
+    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton) == before + 2
+    cached.classify([PROMPTS[1], PROMPTS[2]])  # batch of two misses; size 2 evicts PROMPTS[0]
+    assert _classifier_inferences(triton) == before + 3
+    cached.classify([PROMPTS[0]])
+    assert _classifier_inferences(triton) == before + 4
+    assert lookups == [False, True, False, False, False, False]
+
+
+def test_decision_cache_in_the_router(triton: TritonServer, tmp_path: Path) -> None:
+    with run_router(router_config_dict(triton), tmp_path) as url:
+        answers = [_chat(url, max_tokens=1, messages=[{"role": "user", "content": PROMPTS[3]}]) for _ in range(3)]
+        text = requests.get(url + "/metrics", timeout=10).text
+    assert len({r.headers["x-router-score"] for r in answers}) == 1
+    s = _samples(text)
+    assert s[("router_classifier_cache_total", (("classifier", "minilm"), ("result", "miss")))] == 1
+    assert s[("router_classifier_cache_total", (("classifier", "minilm"), ("result", "hit")))] == 2
+    config = router_config_dict(triton)
+    config["classifiers"][0]["cache"] = {"size": 0}
+    with run_router(config, tmp_path) as url:
+        _chat(url, max_tokens=1, messages=[{"role": "user", "content": PROMPTS[3]}])
+        assert "router_classifier_cache_total{" not in requests.get(url + "/metrics", timeout=10).text

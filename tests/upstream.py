@@ -13,13 +13,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
-from local_stack.stack import stop_process
+from local_stack.processes import stop_process, wait_until_ready
 from local_stack.triton_launcher import free_port
 
 
@@ -43,15 +42,9 @@ class OpenAIServer:
                "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "ext-smollm2"]
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self._proc.poll() is None, f"llama_cpp.server exited; see {self._log}"
-            try:
-                if requests.get(self.url + "/models", timeout=1).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        raise TimeoutError(f"llama_cpp.server not ready; see {self._log}")
+        wait_until_ready(self._proc, lambda: requests.get(self.url + "/models", timeout=1).ok, timeout_s,
+                         "llama_cpp.server", self._log, poll_s=0.2)
+        return self
 
     def stop(self) -> None:
         if self._proc is not None:
