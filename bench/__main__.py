@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             results["manual_overhead_p50_ms"] = round(_p(manual, 50) - _p(direct, 50), 3)
             results["auto_overhead_p50_ms"] = round(_p(auto, 50) - _p(direct, 50), 3)
             results["auto_overhead_p90_ms"] = round(_p(auto, 90) - _p(direct, 50), 3)
+            # Every prompt above was new to the decision cache; the same prompt again is a hit.
+            repeated = chat_body("router:instant")
+            cached = _timed(lambda: session.post(base + "/v1/chat/completions", json=repeated), args.requests)
+            results["auto_cached_overhead_p50_ms"] = round(_p(cached, 50) - _p(direct, 50), 3)
 
             print(">> 3/4 classifier through Triton", flush=True)
             client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
