@@ -610,3 +610,35 @@ def test_decision_cache_in_the_router(triton: TritonServer, tmp_path: Path) -> N
     with run_router(config, tmp_path) as url:
         _chat(url, max_tokens=1, messages=[{"role": "user", "content": PROMPTS[3]}])
         assert "router_classifier_cache_total{" not in requests.get(url + "/metrics", timeout=10).text
+
+
+def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, tmp_path: Path) -> None:
+    """SIGTERM (a pod being stopped): the stream in flight ends normally within the grace period,
+    and new connections are no longer accepted."""
+    from local_stack.stack import start_router, wait_ready
+    from local_stack.processes import stop_process
+
+    config_path = tmp_path / "router.yaml"
+    config_path.write_text(yaml.safe_dump(router_config_dict(triton)))
+    port = free_port()
+    proc = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null",
+                                                         "ROUTER_GRACEFUL_TIMEOUT": "60"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/health/live", proc, timeout_s=60)
+        with requests.post(url + CHAT, stream=True, timeout=120, json={
+                "model": "smollm2-135m", "stream": True, "max_tokens": 120, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": "Write a story about a lighthouse keeper."}]}) as resp:
+            lines = resp.iter_lines()
+            first = next(line for line in lines if line.startswith(b"data: "))
+            proc.terminate()  # what the kubelet does
+            time.sleep(1.0)
+            with pytest.raises(requests.ConnectionError):
+                requests.get(url + "/health/live", timeout=5)
+            rest = [line for line in lines if line.startswith(b"data: ")]
+        assert first and rest[-1] == b"data: [DONE]"
+        usage = json.loads(rest[-2][6:])["usage"]
+        assert usage["completion_tokens"] > 10  # the stream ran on after the signal, to its end
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_process(proc)
