@@ -105,13 +105,19 @@ class Gate:
             raise AccessError(401, "Incorrect API key provided (unknown or revoked).", code="invalid_api_key")
         return key
 
+    @staticmethod
+    def permit(key: ApiKey | None, model: str, policy: str | None) -> None:
+        """Raise 403 unless the key may use ``model`` (and the policy it selects)."""
+        allowed = key is None or (key.may_use_model(model) and (policy is None or key.may_use_policy(policy)))
+        if not allowed:
+            what = f"model '{model}'" + (f" (policy '{policy}')" if policy is not None else "")
+            raise AccessError(403, f"This API key may not use the {what}.", code="model_not_allowed")
+
     def admit(self, key: ApiKey | None, req: GenerationRequest, policy: str | None) -> Grant:
         """Check the key's permissions, budget and limits; count the request against them."""
         if key is None:
             return Grant()
-        if not key.may_use_model(req.model) or (policy is not None and not key.may_use_policy(policy)):
-            what = f"model '{req.model}'" + (f" (policy '{policy}')" if policy is not None else "")
-            raise AccessError(403, f"This API key may not use the {what}.", code="model_not_allowed")
+        self.permit(key, req.model, policy)
         assert self.limiter is not None
         try:
             admission = self.limiter.admit(key, estimate_tokens(req))

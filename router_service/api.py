@@ -313,7 +313,9 @@ def route() -> Response:
     would do with the same body (the same validation and errors; nothing is generated or billed)."""
     st, ex = state(), g.exchange
     req = ex.generation = parse_body(ChatCompletionRequest, request.get_data(cache=False))
-    st.gate.identify(request.headers.get("Authorization"))  # a valid key; no limit is counted
+    key = st.gate.identify(request.headers.get("Authorization"))  # a key that may use the model; no limit counted
+    policy = st.router.policy_for(req)
+    st.gate.permit(key, req.model, None if policy is None else policy.name)
     decision = ex.decision = st.router.decide(req)
     return jsonify(decision_json(req, decision))
 

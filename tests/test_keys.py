@@ -121,6 +121,10 @@ def test_models_and_policies_a_key_may_use(routers: tuple[str, str]) -> None:
     assert chat(a, key, model="router").status_code == 200
     _, narrow = new_key(a, policies=["other"])
     assert chat(a, narrow, model="router").status_code == 403  # "router" means the default policy
+    # The decision API answers only for what the key may use.
+    route = requests.post(a + "/v1/router/route", json={"model": "gemma3-270m", "messages": HI}, timeout=10,
+                          headers={"Authorization": f"Bearer {key}"})
+    assert route.status_code == 403 and route.json()["error"]["code"] == "model_not_allowed"
 
 
 def test_requests_per_minute_hold_across_processes(routers: tuple[str, str]) -> None:
