@@ -3,7 +3,9 @@
      directly (an instant OpenAI-compatible upstream, so upstream time does not hide it);
   2. automatic routing (classification through Triton included), same method;
   3. the Triton-served classifier: p50 for one prompt, and prompts/s with concurrent batches;
-  4. each Triton-hosted LLM: load-free generation tokens/s.
+  4. each Triton-hosted LLM: load-free generation tokens/s;
+  5. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
+     router process, short requests answered meanwhile, the router's memory.
 Prints a table and writes JSON (default .eval/bench.json)."""
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from router_service.classifier_client import ClassifierClient
 from local_stack.stack import start_router, stop_process, wait_ready
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
+from .concurrency import hold_streams
 from .instant_upstream import InstantUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +52,15 @@ def _prompts(data: Path, n: int) -> list[str]:
         return [json.loads(line)["prompt"] for _, line in zip(range(n), f)]
 
 
-def bench_config(triton: TritonServer, upstream_url: str) -> dict:
+def bench_config(triton: TritonServer, upstream_url: str, slow_url: str) -> dict:
     config = yaml.safe_load((ROOT / "config" / "router.yaml").read_text())
     config["triton"] = {"http_url": triton.http_url, "grpc_url": triton.grpc_url, "timeout_s": 10.0}
     for name in ("instant-a", "instant-b"):
         config["targets"].append({"name": name, "kind": "openai", "url": upstream_url, "model": "instant",
                                   "context_window": 32768, "usd_per_1m_input_tokens": 1.0,
                                   "usd_per_1m_output_tokens": 1.0})
+    config["targets"].append({"name": "slow", "kind": "openai", "url": slow_url, "model": "slow",
+                              "context_window": 32768})
     config["policies"].append({"name": "instant", "classifier": "minilm", "weak": "instant-a",
                                "strong": "instant-b", "threshold": 0.5})
     return config
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                          "routing")) / "mmlu-val.jsonl")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per latency measurement")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in step 5 (0: skip it)")
+    parser.add_argument("--stream-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / ".eval" / "bench.json")
     args = parser.parse_args(argv)
 
@@ -76,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ports = TritonPorts.free()
     with tempfile.TemporaryDirectory() as tmp, TritonServer(args.model_repository.resolve(), ports=ports,
                                                             log_file=Path(tmp) / "triton.log") as triton, \
-            InstantUpstream() as upstream:
+            InstantUpstream() as upstream, InstantUpstream(stream_seconds=args.stream_seconds) as slow:
         print(">> Triton ready; starting the router", flush=True)
         config_path = Path(tmp) / "router.yaml"
-        config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url)))
+        config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url, slow.url)))
         port = free_port()
         router = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
         try:
@@ -91,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             def chat_body(model: str) -> dict:
                 return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
 
-            print(">> 1/4 router overhead, manual routing", flush=True)
+            print(">> 1/5 router overhead, manual routing", flush=True)
             direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
                             args.requests)
-            print(">> 2/4 automatic routing (classifier through Triton)", flush=True)
+            print(">> 2/5 automatic routing (classifier through Triton)", flush=True)
             auto = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("router:instant")),
                           args.requests)
             results["direct_upstream_p50_ms"] = round(_p(direct, 50), 3)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             cached = _timed(lambda: session.post(base + "/v1/chat/completions", json=repeated), args.requests)
             results["auto_cached_overhead_p50_ms"] = round(_p(cached, 50) - _p(direct, 50), 3)
 
-            print(">> 3/4 classifier through Triton", flush=True)
+            print(">> 3/5 classifier through Triton", flush=True)
             client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
             single = _timed(lambda: client.score([next(prompt_iter)]), args.requests)
             results["classifier_single_p50_ms"] = round(_p(single, 50), 3)
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 total = sum(pool.map(worker, range(0, 128, 32)))
             results["classifier_prompts_per_s"] = round(total / (time.monotonic() - t0), 1)
 
-            print(">> 4/4 local LLM generation", flush=True)
+            print(">> 4/5 local LLM generation", flush=True)
             for model in ("smollm2_135m", "gemma3_270m"):
                 body = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
                         "max_tokens": 64, "temperature": 0.0, "stream": False}
@@ -138,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 out = session.post(f"{triton.http_url}/v2/models/{model}/generate", json=body).json()
                 elapsed = time.perf_counter() - t0
                 results[f"{model}_tokens_per_s"] = round(int(out.get("completion_tokens", 0)) / elapsed, 1)
+
+            if args.streams:
+                print(f">> 5/5 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
+                      "meanwhile", flush=True)
+                results.update(hold_streams(base + "/v1/chat/completions", args.streams, args.stream_seconds,
+                                            "slow", "instant-a", router.pid))
         finally:
             stop_process(router)
 

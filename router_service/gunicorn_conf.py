@@ -6,11 +6,16 @@ from pathlib import Path
 
 bind = f"{os.environ.get('ROUTER_HOST', '127.0.0.1')}:{os.environ.get('ROUTER_PORT', '8080')}"
 # Threads, not processes, carry concurrency: requests mostly wait on Triton or an upstream API
-# (both release the GIL). One process by default keeps the circuit breakers and the cost totals
-# in one place; scale out with more pods (or WEB_CONCURRENCY, with per-process totals).
+# (both release the GIL), and a streamed answer holds its thread for as long as it lasts. A
+# thousand 30 s streams to a slow upstream took 1,000 threads and about 200 MB, and short requests
+# arriving meanwhile were answered in milliseconds; with 16 threads the 17th request waited for a
+# stream to end. The pool only grows as requests come. gthread also caps open connections
+# (worker_connections, 1,000 by default): above the thread count, so that idle keep-alive
+# connections never keep a new request out.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-threads = int(os.environ.get("ROUTER_THREADS", "16"))
+threads = int(os.environ.get("ROUTER_THREADS", "1024"))
+worker_connections = int(os.environ.get("ROUTER_WORKER_CONNECTIONS", str(max(4096, 2 * threads))))
 # Streams of long generations must not be killed by the worker timeout.
 timeout = int(os.environ.get("ROUTER_WORKER_TIMEOUT", "600"))
 # Long streams get this long to finish when a pod is stopped (match terminationGracePeriodSeconds).

@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 import requests
+import yaml
 from openai import OpenAI
 
 from local_stack.triton_launcher import TritonServer, free_port
@@ -431,3 +432,53 @@ def test_cost_headers_and_running_totals(triton: TritonServer, proxy: FaultProxy
     assert policy["baseline_cost_usd"] == pytest.approx(always_strong, abs=1e-8)
     assert policy["savings_usd"] == pytest.approx(always_strong - weak_cost - strong_cost, abs=1e-8)
     assert stats["by_target"]["ext"]["requests"] == 1 and stats["by_target"]["smollm2-135m"]["requests"] == 1
+
+
+def test_many_streams_do_not_keep_short_requests_waiting(triton: TritonServer, tmp_path: Path) -> None:
+    """With the production gunicorn settings (no thread override): 300 streams held open on a slow
+    upstream, and a short request sent meanwhile is answered while every stream is still running
+    (with 16 threads it waited for streams to end). The slow upstream is bench's instant server
+    in streaming mode: a real HTTP server, standing in for a slow provider."""
+    import asyncio
+
+    import aiohttp
+
+    from bench.instant_upstream import InstantUpstream
+    from local_stack.processes import stop_process
+    from local_stack.stack import start_router, wait_ready
+
+    n, seconds = 300, 8.0
+    with InstantUpstream(stream_seconds=seconds) as upstream:
+        config = router_config_dict(triton)
+        config["targets"].append({"name": "slow", "kind": "openai", "url": upstream.url, "model": "m",
+                                  "context_window": 4096})
+        path = tmp_path / "router.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        proc = start_router(path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/health/live", proc, timeout_s=60)
+
+            async def stream(session: aiohttp.ClientSession) -> tuple[int, int, float]:
+                async with session.post(url, json={**body, "stream": True}) as resp:
+                    events = [line async for line in resp.content if line.startswith(b"data: ")]
+                    return resp.status, len(events), time.monotonic()
+
+            async def run() -> tuple[list[tuple[int, int, float]], int, float]:
+                connector = aiohttp.TCPConnector(limit=n + 10)
+                async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
+                    streams = [asyncio.create_task(stream(s)) for _ in range(n)]
+                    await asyncio.sleep(seconds / 3)  # all of them open
+                    async with s.post(url, json=body) as short:
+                        await short.read()
+                        status, answered = short.status, time.monotonic()
+                    return await asyncio.gather(*streams), status, answered
+
+            results, short_status, short_done = asyncio.run(run())
+        finally:
+            stop_process(proc)
+    assert short_status == 200
+    assert all(status == 200 and events == 13 for status, events, _ in results)  # 10 tokens, stop, usage-less end
+    assert short_done < min(done for _, _, done in results)  # answered while every stream still ran
