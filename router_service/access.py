@@ -128,8 +128,8 @@ class Gate:
         headers = rate_headers(key, admission)
         if not admission.admitted:
             if admission.refused_by == "budget":
-                raise AccessError(429, f"This API key has spent its {key.budget_period}ly budget of "
-                                  f"{key.budget_usd} USD.", code="insufficient_quota", type="insufficient_quota",
+                period = {"day": "daily", "month": "monthly"}[key.budget_period]
+                raise AccessError(429, f"This API key has spent its {period} budget of {key.budget_usd} USD.", code="insufficient_quota", type="insufficient_quota",
                                   headers=headers)
             retry = str(max(1, math.ceil(admission.reset_s)))
             raise AccessError(429, f"Rate limit reached for {admission.refused_by} per minute on this API key. "

@@ -177,6 +177,7 @@ def test_budget_downgrades_then_refuses(routers: tuple[str, str]) -> None:
         reasons.append(resp.headers["x-router-reason"])
     assert final is not None and final.status_code == 429, reasons
     assert final.json()["error"]["code"] == "insufficient_quota" and final.json()["error"]["type"] == "insufficient_quota"
+    assert "spent its daily budget of 4e-06 USD" in final.json()["error"]["message"]
     # Routed by the classifier first, then to the cheap target once a quarter of the budget was spent.
     first = reasons.index("budget_downgrade")
     assert first >= 1 and set(reasons[:first]) == {"classifier"} and set(reasons[first:]) == {"budget_downgrade"}
