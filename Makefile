@@ -72,8 +72,8 @@ cv: $(STAMP_ALL) ## Cross-validate the router-model candidates on the training f
 observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus under traffic; draws the chart's dashboard (docs/dashboard.png)
 	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) $(PY) -m local_stack.observe --model-repository $(MODEL_REPOSITORY) $(OBSERVE_ARGS)
 
-bench: $(STAMP_ALL) ## Latency/throughput benchmarks (router overhead, classifier, LLM tokens/s)
-	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) $(BENCH_ARGS)
+bench: $(STAMP_ALL) $(WRK) ## Benchmarks: router overhead, load with wrk, classifier, LLM tokens/s, 1,000 streams
+	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) $(BENCH_ARGS)
 
 # `go install` skips helm's own Makefile, which stamps the version and the Kubernetes version that
 # `helm template`/`lint` assume (else v1.20): HELM_KUBE_MINOR is the k8s.io/client-go minor that
@@ -108,6 +108,25 @@ $(PROMETHEUS):
 	rm -rf tools/deb-tmp
 
 prometheus: $(PROMETHEUS) ## Fetch the pinned Prometheus server and promtool
+
+# wrk, the load generator of `make bench`'s fixed-concurrency runs: Debian's build and the LuaJIT
+# library it links, pinned by checksum, unpacked into tools/ once.
+WRK_DIR := tools/wrk-4.1.0
+WRK := $(WRK_DIR)/wrk
+WRK_DEBS := w/wrk/wrk_4.1.0-3+b2_amd64.deb=b0206dc74df85365a248ddac2433c0ee3f210579fc5ed83758e73354bb1bbefb \
+	l/luajit/libluajit-5.1-2_2.1.0~beta3+git20220320+dfsg-4.1+deb12u1_amd64.deb=1f0ea919d09d47420993aca0102ec0aed46338b2bf7e072a4b4566c5616f09d2
+
+$(WRK):
+	@echo ">> fetching wrk 4.1.0 (Debian's package; once, cached in $(WRK_DIR))"
+	@mkdir -p tools/deb-tmp/root $(WRK_DIR)
+	@for entry in $(WRK_DEBS); do \
+		path=$${entry%%=*}; sum=$${entry##*=}; deb=tools/deb-tmp/$${path##*/}; \
+		curl -fsSL --retry 3 -o "$$deb" "http://deb.debian.org/debian/pool/main/$$(echo $$path | sed 's/+/%2B/g; s/~/%7E/g')" && \
+		echo "$$sum  $$deb" | sha256sum -c --quiet && dpkg-deb -x "$$deb" tools/deb-tmp/root || exit 1; \
+	done
+	cp tools/deb-tmp/root/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2* $(WRK_DIR)/
+	mv tools/deb-tmp/root/usr/bin/wrk $(WRK)
+	rm -rf tools/deb-tmp
 
 # The chart refuses to render without a master-key Secret (or router.auth.enabled=false): the
 # default values are checked with this Secret name.

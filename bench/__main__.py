@@ -4,7 +4,9 @@
   2. automatic routing (classification through Triton included), same method;
   3. the Triton-served classifier: p50 for one prompt, and prompts/s with concurrent batches;
   4. each Triton-hosted LLM: load-free generation tokens/s;
-  5. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
+  5. load: wrk at 1, 8 and 64 connections (requests/s, p50/p99) for the upstream directly,
+     manual and automatic routing (the decision cache off, bodies rotating over 512 prompts);
+  6. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
      router process, short requests answered meanwhile, the router's memory.
 Prints a table and writes JSON (default .eval/bench.json)."""
 from __future__ import annotations
@@ -28,6 +30,7 @@ from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 from .concurrency import hold_streams
 from .instant_upstream import InstantUpstream
+from .load import run_wrk, write_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +64,12 @@ def bench_config(triton: TritonServer, upstream_url: str, slow_url: str) -> dict
                                   "usd_per_1m_output_tokens": 1.0})
     config["targets"].append({"name": "slow", "kind": "openai", "url": slow_url, "model": "slow",
                               "context_window": 32768})
-    config["policies"].append({"name": "instant", "classifier": "minilm", "weak": "instant-a",
+    # Automatic routing is measured on the classifier itself (no decision cache), and separately
+    # on a cache hit.
+    config["classifiers"].append({"name": "minilm-uncached", "triton_model": "router_classifier", "cache": {"size": 0}})
+    config["policies"].append({"name": "instant", "classifier": "minilm-uncached", "weak": "instant-a",
+                               "strong": "instant-b", "threshold": 0.5})
+    config["policies"].append({"name": "instant-cached", "classifier": "minilm", "weak": "instant-a",
                                "strong": "instant-b", "threshold": 0.5})
     return config
 
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                          "routing")) / "mmlu-val.jsonl")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per latency measurement")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--wrk", type=Path, help="the wrk binary (make bench fetches it); none: skip step 5")
+    parser.add_argument("--load-seconds", type=int, default=10)
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in step 5 (0: skip it)")
     parser.add_argument("--stream-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / ".eval" / "bench.json")
@@ -98,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             def chat_body(model: str) -> dict:
                 return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
 
-            print(">> 1/5 router overhead, manual routing", flush=True)
+            print(">> 1/6 router overhead, manual routing", flush=True)
             direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
                             args.requests)
-            print(">> 2/5 automatic routing (classifier through Triton)", flush=True)
+            print(">> 2/6 automatic routing (classifier through Triton)", flush=True)
             auto = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("router:instant")),
                           args.requests)
             results["direct_upstream_p50_ms"] = round(_p(direct, 50), 3)
@@ -111,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             results["auto_overhead_p50_ms"] = round(_p(auto, 50) - _p(direct, 50), 3)
             results["auto_overhead_p90_ms"] = round(_p(auto, 90) - _p(direct, 50), 3)
             # Every prompt above was new to the decision cache; the same prompt again is a hit.
-            repeated = chat_body("router:instant")
+            repeated = chat_body("router:instant-cached")
             cached = _timed(lambda: session.post(base + "/v1/chat/completions", json=repeated), args.requests)
             results["auto_cached_overhead_p50_ms"] = round(_p(cached, 50) - _p(direct, 50), 3)
 
-            print(">> 3/5 classifier through Triton", flush=True)
+            print(">> 3/6 classifier through Triton", flush=True)
             client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
             single = _timed(lambda: client.score([next(prompt_iter)]), args.requests)
             results["classifier_single_p50_ms"] = round(_p(single, 50), 3)
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 total = sum(pool.map(worker, range(0, 128, 32)))
             results["classifier_prompts_per_s"] = round(total / (time.monotonic() - t0), 1)
 
-            print(">> 4/5 local LLM generation", flush=True)
+            print(">> 4/6 local LLM generation", flush=True)
             for model in ("smollm2_135m", "gemma3_270m"):
                 body = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
                         "max_tokens": 64, "temperature": 0.0, "stream": False}
@@ -146,8 +156,17 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.perf_counter() - t0
                 results[f"{model}_tokens_per_s"] = round(int(out.get("completion_tokens", 0)) / elapsed, 1)
 
+            if args.wrk:
+                print(">> 5/6 load with wrk: direct, manual, automatic at 1, 8, 64 connections", flush=True)
+                for name, target_url, model in (("direct", upstream.url + "/chat/completions", "instant"),
+                                                ("manual", base + "/v1/chat/completions", "instant-a"),
+                                                ("auto", base + "/v1/chat/completions", "router:instant")):
+                    script = write_script(Path(tmp) / f"{name}.lua", model, prompts)
+                    for connections in (1, 8, 64):
+                        row = run_wrk(args.wrk, target_url, script, connections, args.load_seconds)
+                        results.update({f"load_{name}_c{connections}_{k}": v for k, v in row.items()})
             if args.streams:
-                print(f">> 5/5 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
+                print(f">> 6/6 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
                       "meanwhile", flush=True)
                 results.update(hold_streams(base + "/v1/chat/completions", args.streams, args.stream_seconds,
                                             "slow", "instant-a", router.pid))
