@@ -18,6 +18,12 @@ from .store import StoreUnavailable
 DEFAULT_COMPLETION_RESERVE = 256
 
 
+def store_unavailable() -> AccessError:
+    """The answer whenever the store cannot be reached and nothing may go on without it."""
+    return AccessError(503, "The router's store is unavailable (API keys, limits and spend live there); retry "
+                       "later.", code="store_unavailable", type="api_error", headers={"Retry-After": "1"})
+
+
 class AccessError(Exception):
     """A refusal, as OpenAI words it (errors.py maps it to the response)."""
 
@@ -81,10 +87,6 @@ class Gate:
         token = _bearer(authorization)
         return bool(self._master) and token is not None and hmac.compare_digest(token.encode(), self._master.encode())
 
-    def _store_down(self) -> AccessError:
-        return AccessError(503, "The router cannot check API keys now (its store is unavailable); retry later.",
-                           code="store_unavailable", type="api_error", headers={"Retry-After": "1"})
-
     def identify(self, authorization: str | None) -> ApiKey | None:
         """The client's key (None: auth off, the master key, or the store down with
         on_store_error: open); raises AccessError."""
@@ -100,7 +102,7 @@ class Gate:
         except StoreUnavailable:
             if self._fail_open:
                 return None
-            raise self._store_down() from None
+            raise store_unavailable() from None
         if key is None:
             raise AccessError(401, "Incorrect API key provided (unknown or revoked).", code="invalid_api_key")
         return key
@@ -124,7 +126,7 @@ class Gate:
         except StoreUnavailable:
             if self._fail_open:
                 return Grant()
-            raise self._store_down() from None
+            raise store_unavailable() from None
         headers = rate_headers(key, admission)
         if not admission.admitted:
             if admission.refused_by == "budget":

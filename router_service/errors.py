@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .access import AccessError
+from .access import AccessError, store_unavailable
 from .routing_errors import CannotServe, InvalidOverride, ModelNotFound, PolicyUnavailable, RoutingError
 from .store import StoreUnavailable
 from .targets.base import TargetError
@@ -75,9 +75,8 @@ def register_error_handlers(app: Flask) -> None:
         return APIError(err.status, err.message, type=err.type, code=err.code, headers=err.headers).response()
 
     @app.errorhandler(StoreUnavailable)
-    def _store_error(err: StoreUnavailable) -> Response:
-        return APIError(503, "The router's store is unavailable; retry later.", type="api_error",
-                        code="store_unavailable", headers={"Retry-After": "1"}).response()
+    def _store_error(_: StoreUnavailable) -> Response:  # the admin API and the stats, which need the store
+        return _access_error(store_unavailable())
 
     @app.errorhandler(TargetError)
     def _target_error(err: TargetError) -> Response:
