@@ -438,11 +438,9 @@ def test_many_streams_do_not_keep_short_requests_waiting(triton: TritonServer, t
     """With the production gunicorn settings (no thread override): 300 streams held open on a slow
     upstream, and a short request sent meanwhile is answered while every stream is still running
     (with 16 threads it waited for streams to end). The slow upstream is bench's instant server
-    in streaming mode: a real HTTP server, standing in for a slow provider."""
-    import asyncio
-
-    import aiohttp
-
+    in streaming mode: a real HTTP server, standing in for a slow provider (non-streamed requests
+    to it are answered at once). The streams are held by make bench's own step."""
+    from bench.concurrency import hold_streams
     from bench.instant_upstream import InstantUpstream
     from local_stack.processes import stop_process
     from local_stack.stack import start_router, wait_ready
@@ -456,29 +454,12 @@ def test_many_streams_do_not_keep_short_requests_waiting(triton: TritonServer, t
         path.write_text(yaml.safe_dump(config))
         port = free_port()
         proc = start_router(path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
         try:
             wait_ready(f"http://127.0.0.1:{port}/health/live", proc, timeout_s=60)
-
-            async def stream(session: aiohttp.ClientSession) -> tuple[int, int, float]:
-                async with session.post(url, json={**body, "stream": True}) as resp:
-                    events = [line async for line in resp.content if line.startswith(b"data: ")]
-                    return resp.status, len(events), time.monotonic()
-
-            async def run() -> tuple[list[tuple[int, int, float]], int, float]:
-                connector = aiohttp.TCPConnector(limit=n + 10)
-                async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
-                    streams = [asyncio.create_task(stream(s)) for _ in range(n)]
-                    await asyncio.sleep(seconds / 3)  # all of them open
-                    async with s.post(url, json=body) as short:
-                        await short.read()
-                        status, answered = short.status, time.monotonic()
-                    return await asyncio.gather(*streams), status, answered
-
-            results, short_status, short_done = asyncio.run(run())
+            held = hold_streams(f"http://127.0.0.1:{port}/v1/chat/completions", n, seconds, "slow", "slow",
+                                proc.pid, shorts=1)  # a short request raises unless it is a 200
         finally:
             stop_process(proc)
-    assert short_status == 200
-    assert all(status == 200 and events == 13 for status, events, _ in results)  # 10 tokens, stop, usage-less end
-    assert short_done < min(done for _, _, done in results)  # answered while every stream still ran
+    assert held["streams_ok"] == n
+    assert held["stream_events_min"] == held["stream_events_max"] == 13  # 10 tokens, stop, usage-less end
+    assert held["shorts_before_any_stream_ended"] == 1.0  # answered while every stream still ran
