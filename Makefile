@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export eval cv bench test helm prometheus observe helm-lint helm-template clean
+.PHONY: help install install-all run export eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -72,8 +72,8 @@ cv: $(STAMP_ALL) ## Cross-validate the router-model candidates on the training f
 observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus under traffic; draws the chart's dashboard (docs/dashboard.png)
 	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) $(PY) -m local_stack.observe --model-repository $(MODEL_REPOSITORY) $(OBSERVE_ARGS)
 
-bench: $(STAMP_ALL) $(WRK) ## Benchmarks: router overhead, load with wrk, classifier, LLM tokens/s, 1,000 streams
-	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) $(BENCH_ARGS)
+bench: $(STAMP_ALL) $(WRK) $(VEGETA) $(LITELLM) ## Benchmarks: overhead, wrk and fixed-rate load beside LiteLLM, classifier, LLM tokens/s, 1,000 streams
+	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) --vegeta $(VEGETA) --litellm $(LITELLM) $(BENCH_ARGS)
 
 # `go install` skips helm's own Makefile, which stamps the version and the Kubernetes version that
 # `helm template`/`lint` assume (else v1.20): HELM_KUBE_MINOR is the k8s.io/client-go minor that
@@ -88,6 +88,28 @@ $(HELM):
 	mv tools/gobin-tmp/helm $(HELM) && rmdir tools/gobin-tmp
 
 helm: $(HELM) ## Build the pinned helm CLI
+
+# vegeta, the fixed-rate (open-loop) load generator of `make bench`, built once from the Go module
+# proxy like helm: Debian has no wrk2, and wrk alone only holds a concurrency.
+VEGETA_VERSION ?= v12.13.0
+VEGETA := tools/bin/vegeta-$(VEGETA_VERSION)
+
+$(VEGETA):
+	@echo ">> building vegeta $(VEGETA_VERSION) from the Go module proxy (once; cached in tools/bin)"
+	@mkdir -p tools/bin
+	CGO_ENABLED=0 GOBIN=$(CURDIR)/tools/gobin-tmp go install -trimpath github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+	mv tools/gobin-tmp/vegeta $(VEGETA) && rmdir tools/gobin-tmp
+
+# LiteLLM's proxy, the peer `make bench` measures side by side, in a virtualenv of its own (never a
+# project dependency). 1.108.0: 1.110's [proxy] extra needs a litellm-proxy package no index here serves.
+LITELLM_VERSION ?= 1.108.0
+LITELLM_VENV := tools/litellm-$(LITELLM_VERSION)
+LITELLM := $(LITELLM_VENV)/bin/litellm
+
+$(LITELLM):
+	@echo ">> installing LiteLLM $(LITELLM_VERSION) with its proxy into $(LITELLM_VENV) (bench only; once)"
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --progress-bar on "litellm[proxy]==$(LITELLM_VERSION)"
 
 # Prometheus and promtool for the observability tests and `make observe`: Debian's build, pinned
 # by version and checksum, unpacked (no root, no apt state) into tools/ once.
@@ -128,6 +150,33 @@ $(WRK):
 	mv tools/deb-tmp/root/usr/bin/wrk $(WRK)
 	rm -rf tools/deb-tmp
 
+# Chromium and its WebDriver for the playground's browser tests: Debian's packages and the few
+# libraries this machine lacks, unpacked (no root, no apt state) into tools/ once. Not pinned by
+# checksum like Prometheus: Debian's security archive replaces Chromium every few weeks and drops
+# the old build; `apt-get download` checks each package against the signed archive index instead.
+CHROMIUM_DIR := tools/chromium
+CHROMEDRIVER := $(CHROMIUM_DIR)/chromedriver
+# The unpacked libraries are found through LD_LIBRARY_PATH, set by two wrapper scripts.
+CHROMIUM_LIBS = \$$here/root/usr/lib/x86_64-linux-gnu:\$$here/root/usr/lib/x86_64-linux-gnu/pulseaudio
+
+$(CHROMEDRIVER):
+	@echo ">> fetching Chromium and chromedriver (Debian's packages and the libraries they need; once, cached in $(CHROMIUM_DIR))"
+	@rm -rf $(CHROMIUM_DIR) tools/deb-tmp && mkdir -p tools/deb-tmp
+	@pkgs=$$(apt-get install -s --no-install-recommends chromium chromium-driver | awk '/^Inst /{print $$2}'); \
+		test -n "$$pkgs" || { echo "apt-get lists no chromium package to fetch (is the apt index there? apt-get update)"; exit 1; }; \
+		echo ">> $$(echo $$pkgs | wc -w) packages: $$pkgs"; \
+		cd tools/deb-tmp && apt-get download -q $$pkgs
+	@for deb in tools/deb-tmp/*.deb; do dpkg-deb -x "$$deb" tools/deb-tmp/root || exit 1; done
+	@mkdir -p $(CHROMIUM_DIR) && mv tools/deb-tmp/root $(CHROMIUM_DIR)/root && rm -rf tools/deb-tmp
+	@for exe in chromium:usr/lib/chromium/chromium chromedriver:usr/bin/chromedriver; do \
+		printf '#!/bin/sh\nhere=$$(dirname "$$(readlink -f "$$0")")\nLD_LIBRARY_PATH="%s$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" exec "$$here/root/%s" "$$@"\n' \
+			"$(CHROMIUM_LIBS)" "$${exe#*:}" > $(CHROMIUM_DIR)/$${exe%%:*}.tmp && chmod +x $(CHROMIUM_DIR)/$${exe%%:*}.tmp; \
+	done
+	$(CHROMIUM_DIR)/chromium.tmp --version && $(CHROMIUM_DIR)/chromedriver.tmp --version
+	mv $(CHROMIUM_DIR)/chromium.tmp $(CHROMIUM_DIR)/chromium && mv $(CHROMIUM_DIR)/chromedriver.tmp $(CHROMEDRIVER)
+
+chromium: $(CHROMEDRIVER) ## Fetch Chromium and chromedriver for the playground's browser tests
+
 # The chart refuses to render without a master-key Secret (or router.auth.enabled=false): the
 # default values are checked with this Secret name.
 HELM_SET ?= --set router.auth.masterKeySecret.name=llm-router-master-key
@@ -139,8 +188,8 @@ helm-lint: $(HELM) ## helm lint --strict with the default and every example valu
 helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
 	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES),$(HELM_SET))
 
-test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## Install everything and run the whole test suite
-	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) $(CHROMEDRIVER) ## Install everything and run the whole test suite
+	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) CHROMIUM_DIR=$(CURDIR)/$(CHROMIUM_DIR) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## Remove caches (keeps .venv and exported model versions)
 	rm -rf .pytest_cache .eval tools/gobin-tmp tools/deb-tmp

@@ -31,7 +31,7 @@ from export.data import (
     load_routing_set, models_file_for, sha256_file, with_question_only,
 )
 from export.served_model import (
-    CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, FEATURE_NAMES, KNN_OUTPUT, MODEL_FILE, Calibration,
+    CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, FEATURE_NAMES, KNN_OUTPUT, MODEL_FILE, QUALITY_KEY, Calibration,
     ClassifierRuntime, RuntimeSettings, SUPPORT_OUTPUT, prompt_features, variant_file,
 )
 from export.served_model import SOURCE as TEMPLATE  # copied into every version
@@ -618,6 +618,10 @@ def calibrate(job: ExportJob) -> Any:
         "int8_vs_fp32": None if job.quantization is None else asdict(job.quantization),
         "score_threshold_for_strong_share": thresholds[job.metadata["precision"]],
         "score_threshold_for_strong_share_by_precision": thresholds,
+        # The quality/cost curve the router's stats and playground show (Triton output
+        # calibration_quality): quality as a fraction of the all-strong quality.
+        QUALITY_KEY: [round(float(q) / max(float(np.mean(val.strong)), 1e-9), 6)
+                      for q in metrics.quality_curve(scores, val.weak, val.strong, CALIBRATION_SHARES)],
     }
     calibration_set = job.oof_scores if job.blend else job.served
     job.metadata["calibration"] = {

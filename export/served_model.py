@@ -33,6 +33,7 @@ def load_module(source: Path, name: str) -> ModuleType:
 _model = load_module(SOURCE, "router_classifier_model")
 CALIBRATION_FILE = _model.CALIBRATION_FILE
 CALIBRATION_SHARES = _model.CALIBRATION_SHARES
+QUALITY_KEY = _model.QUALITY_KEY
 CLF_OUTPUT = _model.CLF_OUTPUT
 HEAD_FILE = _model.HEAD_FILE
 KNN_OUTPUT = _model.KNN_OUTPUT

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             "ROUTER_MASTER_KEY") else "OFF: anyone who can reach the port may use it (set ROUTER_MASTER_KEY to turn "
             "keys on)")
         print(f"\n>> ready in {time.monotonic() - started:.1f}s: OpenAI base URL http://{args.host}:{args.port}/v1 "
-              f"(model \"router\"); API keys {auth}; Ctrl-C stops\n", flush=True)
+              f"(model \"router\"); playground http://{args.host}:{args.port}/ui; API keys {auth}; Ctrl-C stops\n",
+              flush=True)
         while not stop.is_set() and router.poll() is None and triton.is_running():
             stop.wait(1.0)
         if not stop.is_set():

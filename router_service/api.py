@@ -56,7 +56,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-UNLOGGED_PREFIXES = ("/health/", "/metrics")  # probes and scrapes would drown the traffic
+UNLOGGED_PREFIXES = ("/health/", "/metrics", "/ui")  # probes, scrapes and page assets would drown the traffic
 CLIENT_GONE = 499  # nginx's status for a client that left before the answer ended
 
 
@@ -334,7 +334,8 @@ def decision_json(req: GenerationRequest, d: Decision) -> dict[str, Any]:
 def _policy_entry(st: RouterState, name: str, model_id: str) -> dict[str, Any]:
     strategy = st.router.strategies[name]
     info: dict[str, Any] = {"kind": "policy", "policy": name, "policy_kind": strategy.settings.KIND,
-                            "targets": strategy.targets, **strategy.describe()}
+                            "classifier": strategy.settings.classifier, "targets": strategy.targets,
+                            **strategy.describe()}
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "router", "router": info}
 
 
@@ -364,7 +365,9 @@ def router_stats() -> Response:
     st = state()
     st.gate.identify(request.headers.get("Authorization"))
     calibration = {name: client.calibration() for name, client in st.router.classifiers.items()}
+    quality = {name: client.quality() for name, client in st.router.classifiers.items()}
     breakers = {name: vars(b.snapshot()) for name, b in st.dispatcher.breakers.items()}
     return jsonify({**st.accounting.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,
+                    "calibration_quality": quality,
                     "policies": {name: {"kind": s.settings.KIND, **s.describe()}
                                  for name, s in st.router.strategies.items()}})

@@ -22,6 +22,7 @@ from .dispatch import Dispatcher
 from .errors import register_error_handlers
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
+from .playground import bp as playground_bp
 from .policy import Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
@@ -76,4 +77,6 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(admin_bp)
+    if config.server.playground:
+        app.register_blueprint(playground_bp)
     return app

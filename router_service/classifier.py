@@ -32,4 +32,9 @@ class Classifier(Protocol):
         """Score thresholds by strong share ("0.1" -> score), or None without a calibration."""
         ...
 
+    def quality(self) -> dict[str, float] | None:
+        """The served version's quality/cost curve: quality (a fraction of the strong model's) by
+        strong share ("0.1" -> 0.93), or None when the version does not carry one."""
+        ...
+
     def is_ready(self) -> bool: ...

@@ -27,6 +27,7 @@ class ClassifierClient:
     CONFIDENCE = "confidence"
     CALIBRATION = "calibration"
     CALIBRATION_SHARES = "calibration_shares"  # the shares the thresholds are for (the model's own grid)
+    QUALITY = "calibration_quality"  # the version's quality/cost curve on that grid
 
     def __init__(self, grpc_url: str, model: str, version: str = "", timeout_s: float = 2.0) -> None:
         self._client = grpcclient.InferenceServerClient(url=grpc_url)
@@ -108,6 +109,19 @@ class ClassifierClient:
             return None
         values, shares = result.as_numpy(self.CALIBRATION), result.as_numpy(self.CALIBRATION_SHARES)
         if values is None or shares is None:
+            return None
+        return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
+
+    def quality(self) -> dict[str, float] | None:
+        """The served version's quality/cost curve ("0.1" -> quality as a fraction of the strong
+        model's, on its validation prompts), or None when the version does not carry one."""
+        try:
+            result = self._infer([""], [grpcclient.InferRequestedOutput(n)
+                                        for n in (self.QUALITY, self.CALIBRATION_SHARES)])
+        except InferenceServerException:  # older versions' model.py do not know the output
+            return None
+        values, shares = result.as_numpy(self.QUALITY), result.as_numpy(self.CALIBRATION_SHARES)
+        if values is None or shares is None or np.isnan(values).any():
             return None
         return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
 

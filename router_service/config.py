@@ -53,6 +53,8 @@ class ServerConfig(StrictModel):
     request_log: bool = True
     # Also the prompt and the answer in those lines: off unless the operator opts in (loudly logged).
     log_prompts: bool = False
+    # The playground page at /ui (static; it calls the public API with the user's key).
+    playground: bool = True
 
 
 class StoreConfig(StrictModel):

@@ -62,6 +62,9 @@ class CachedClassifier:
     def calibration(self) -> dict[str, float] | None:
         return self.inner.calibration()
 
+    def quality(self) -> dict[str, float] | None:
+        return self.inner.quality()
+
     def is_ready(self) -> bool:
         return self.inner.is_ready()
 

@@ -84,6 +84,8 @@ def openapi_document() -> dict[str, Any]:
             "/health/ready": _get("Readiness: Triton and every classifier model", 503),
             "/openapi.json": _get("This document"),
             "/metrics": _get("Prometheus metrics (text format)"),
+            "/ui": {"get": {"summary": "The playground page (its assets are under /ui/static/)", "responses": {
+                "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/admin/keys": {**_admin("Create a client API key (the secret is answered once)", "post", 201, True),
                             **_admin("List the client API keys", "get")},
             "/admin/keys/{key_id}": {"parameters": _KEY_ID, **_admin("A key, with its current spend", "get"),

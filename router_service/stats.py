@@ -35,6 +35,13 @@ class Totals:
         return {**asdict(self), "savings_usd": round(self.savings_usd, 10)}
 
 
+def with_policy_savings(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The total's savings are the policies' savings: a request that names a target directly has
+    no always-strong baseline, so its cost must not count against them."""
+    snapshot["total"]["savings_usd"] = round(sum(p["savings_usd"] for p in snapshot["by_policy"].values()), 10)
+    return snapshot
+
+
 class StatsSink(Protocol):
     """Stats (this process) or shared_stats.SharedStats (every process, through the store)."""
 
@@ -122,7 +129,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            return with_policy_savings({
                 "total": self._total.as_dict(),
                 "by_target": {k: v.as_dict() for k, v in sorted(self._by_target.items())},
                 "by_policy": {k: v.as_dict() for k, v in sorted(self._by_policy.items())},
@@ -130,4 +137,4 @@ class Stats:
                 "degraded": self._degraded,
                 "classified_with_confidence": self._classified,
                 "low_confidence": self._low_confidence,
-            }
+            })

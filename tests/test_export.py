@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export import repository
+from export import metrics, repository
 from export.pipeline import MODEL_NAME, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,6 +453,19 @@ def test_triton_serves_strong_share_and_calibration(exported: SimpleNamespace, m
     for k, thr in enumerate(thresholds[0], start=1):
         assert np.mean(calib >= thr) == pytest.approx(k / 10, abs=1.5 / len(calib))
         assert meta["validation"]["score_threshold_for_strong_share"][f"{k * 10}%"] == pytest.approx(float(thr), abs=1e-6)
+    # The quality/cost curve: the validation prompts' quality (a fraction of the strong model's)
+    # when each calibration share of them, highest scores first, goes strong.
+    runs = len(calls)
+    quality = model.execute([_FakeRequest(np.array([[b""]], dtype=object), ["calibration_shares", "calibration_quality"])])
+    assert len(calls) == runs  # no model run for it
+    shares_out, quality_out = (t.as_numpy()[0] for t in quality[0].output_tensors)
+    rows = [json.loads(line) for line in (exported.data / "mmlu-val.jsonl").read_text().splitlines()[:128]]
+    weak, strong = (np.array([r["scores"][m] for r in rows]) for m in ("mixtral-8x7b-instruct-v0.1", "gpt-4-1106-preview"))
+    expected = metrics.quality_curve(score([r["prompt"] for r in rows]), weak, strong, shares_out) / strong.mean()
+    np.testing.assert_allclose(quality_out, expected, atol=1e-4)
+    np.testing.assert_allclose(quality_out, meta["validation"]["quality_at_calibration_shares"], atol=1e-6)
+    del model.runtime.metadata["validation"]["quality_at_calibration_shares"]  # as in versions exported before it
+    assert np.isnan(model.runtime.quality()).all()
     if version == "4":  # out-of-fold scores of the training prompts (both files), not the validation prompts
         assert meta["calibration"]["n"] == len(calib) == meta["head"]["n_train"]
         return

@@ -419,6 +419,7 @@ def test_cost_headers_and_running_totals(triton: TritonServer, proxy: FaultProxy
                                                              extra_body={"router": {"threshold": 1.0}})
         strong = api.chat.completions.with_raw_response.create(model="router:ext", messages=HELLO, max_tokens=3,
                                                                extra_body={"router": {"threshold": 0.0}})
+        manual = api.chat.completions.create(model="ext", messages=HELLO, max_tokens=3)  # a target, no policy
         stats = requests.get(url + "/v1/router/stats", timeout=10).json()
     w, s = weak.parse().usage, strong.parse().usage
     weak_cost = (w.prompt_tokens * 0.02 + w.completion_tokens * 0.02) / 1e6
@@ -431,7 +432,12 @@ def test_cost_headers_and_running_totals(triton: TritonServer, proxy: FaultProxy
     always_strong = ((w.prompt_tokens + s.prompt_tokens) * 10 + (w.completion_tokens + s.completion_tokens) * 30) / 1e6
     assert policy["baseline_cost_usd"] == pytest.approx(always_strong, abs=1e-8)
     assert policy["savings_usd"] == pytest.approx(always_strong - weak_cost - strong_cost, abs=1e-8)
-    assert stats["by_target"]["ext"]["requests"] == 1 and stats["by_target"]["smollm2-135m"]["requests"] == 1
+    assert stats["by_target"]["ext"]["requests"] == 2 and stats["by_target"]["smollm2-135m"]["requests"] == 1
+    # The manual request costs money but has no always-strong baseline: it counts in the total
+    # cost, not against the savings.
+    manual_cost = (manual.usage.prompt_tokens * 10 + manual.usage.completion_tokens * 30) / 1e6
+    assert stats["total"]["cost_usd"] == pytest.approx(weak_cost + strong_cost + manual_cost, abs=1e-8)
+    assert stats["total"]["savings_usd"] == pytest.approx(policy["savings_usd"], abs=1e-8)
 
 
 def test_many_streams_do_not_keep_short_requests_waiting(triton: TritonServer, tmp_path: Path) -> None:

@@ -193,7 +193,8 @@ def test_openapi_document_covers_every_route_and_validates_bodies(router_url: st
     from router_service.config import load_config
 
     app = create_app(load_config(ROOT / "config" / "router.yaml", environ={}))
-    routes = {re.sub(r"<(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    routes = {re.sub(r"<(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()
+              if not rule.endpoint.endswith("static")}  # the app's and the playground's assets
     assert routes == set(doc["paths"])  # every route documented, nothing documented that is not served
     schemas = doc["components"]["schemas"]
 
@@ -273,6 +274,11 @@ def test_calibration_is_served_with_the_model(router_url: str, triton: TritonSer
     assert thresholds == sorted(thresholds, reverse=True)  # a larger strong share needs a lower threshold
     stats = requests.get(router_url + "/v1/router/stats", timeout=10).json()
     assert stats["calibration"]["minilm"] == calibration
+    # The version's quality/cost curve, on the same grid (the playground draws it).
+    quality = client.quality()
+    assert quality is not None and list(quality) == list(calibration)
+    assert all(0.5 < q <= 1.5 for q in quality.values())
+    assert stats["calibration_quality"]["minilm"] == quality
     for c in client.classify(PROMPTS):
         assert c.strong_share is not None and 0.0 <= c.strong_share <= 1.0
     # strong_share is monotone in the score: higher score, smaller share of traffic above it.

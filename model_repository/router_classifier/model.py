@@ -18,7 +18,11 @@ only when requested:
 - ``calibration`` (TYPE_FP32, dims [9]): the score thresholds that send 10%, 20%, ..., 90% of the
   calibration traffic to the strong model (the same for every prompt; ask with any text, e.g. "");
 - ``calibration_shares`` (TYPE_FP32, dims [9]): those shares (``CALIBRATION_SHARES``, the one
-  source of the grid: the router's client labels the thresholds with them).
+  source of the grid: the router's client labels the thresholds with them);
+- ``calibration_quality`` (TYPE_FP32, dims [9]): the version's quality/cost curve: the quality, as
+  a fraction of the strong model's, measured on its validation prompts when that share of them
+  (highest scores first) goes to the strong model (``metadata.json`` ``validation``); NaN for
+  versions exported without it.
 
 Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier (logits; the
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
@@ -70,8 +74,10 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_FILE = "calibration.npy"
 HEAD_FILE = "head.npz"
 CALIBRATION_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-OUTPUTS = ("score", "strong_share", "confidence", "calibration", "calibration_shares")
-CALIBRATION_OUTPUTS = ("calibration", "calibration_shares")  # the same for every prompt: no model run
+OUTPUTS = ("score", "strong_share", "confidence", "calibration", "calibration_shares", "calibration_quality")
+# The same for every prompt: no model run.
+CALIBRATION_OUTPUTS = ("calibration", "calibration_shares", "calibration_quality")
+QUALITY_KEY = "quality_at_calibration_shares"  # metadata.json validation: the quality/cost curve
 # outputs of an embedding head attached to the encoder graph (export/onnx_head.py)
 KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT, SUPPORT_OUTPUT = "knn_score", "clf_score", "pooled", "knn_support"
 
@@ -323,6 +329,14 @@ class ClassifierRuntime:
             raise RuntimeError(f"no calibration in {self.version_dir}: re-export this version with `make export`")
         return self.calibration_scores.thresholds()
 
+    def quality(self) -> np.ndarray:
+        """The quality/cost curve at ``CALIBRATION_SHARES`` (fractions of the strong model's
+        quality on the validation prompts); NaN where the version's metadata does not have it."""
+        values = (self.metadata.get("validation") or {}).get(QUALITY_KEY)
+        if not isinstance(values, list) or len(values) != len(CALIBRATION_SHARES):
+            return np.full(len(CALIBRATION_SHARES), np.nan, np.float32)
+        return np.asarray(values, np.float32)
+
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean of the token vectors over the attention mask (sentence-transformers pooling), float32."""
@@ -545,7 +559,8 @@ class TritonPythonModel:
             for name in wanted:
                 if name in CALIBRATION_OUTPUTS:
                     out = np.empty((end - start, len(CALIBRATION_SHARES)), dtype=np.float32)
-                    out[:] = calibration if name == "calibration" else CALIBRATION_SHARES
+                    out[:] = {"calibration": calibration, "calibration_shares": CALIBRATION_SHARES,
+                              "calibration_quality": self.runtime.quality()}[name]
                 else:
                     out = np.empty((end - start, 1), dtype=np.float32)
                     if name == "confidence" and confidence is None:
