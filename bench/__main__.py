@@ -1,17 +1,23 @@
 """Benchmarks (never pass/fail): start real Triton and the real router, then measure
   1. router overhead with manual routing: p50 through the router minus p50 calling the upstream
-     directly (an instant OpenAI-compatible upstream, so upstream time does not hide it);
+     directly (an instant OpenAI-compatible upstream, so upstream time does not hide it), and the
+     same for LiteLLM's proxy in front of the same upstream (--litellm: the peer, side by side);
   2. automatic routing (classification through Triton included), same method;
   3. the Triton-served classifier: p50 for one prompt, and prompts/s with concurrent batches;
   4. each Triton-hosted LLM: load-free generation tokens/s;
-  5. load: wrk at 1, 8 and 64 connections (requests/s, p50/p99) for the upstream directly,
-     manual and automatic routing (the decision cache off, bodies rotating over 512 prompts);
-  6. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
+  5. fixed concurrency: wrk at 1, 8 and 64 connections (requests/s, p50/p99) for the upstream
+     directly, manual and automatic routing and LiteLLM (the decision cache off, bodies rotating
+     over 512 prompts);
+  6. fixed rate: vegeta at --rates requests/s, same four (open loop: latency under a set arrival
+     rate, where the overhead aims are stated);
+  7. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
      router process, short requests answered meanwhile, the router's memory.
+Ratios against LiteLLM are printed with the figures (this machine is noisy; ratios travel better).
 Prints a table and writes JSON (default .eval/bench.json)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,7 +36,9 @@ from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 from .concurrency import hold_streams
 from .instant_upstream import InstantUpstream
+from .litellm_peer import LiteLLMProxy
 from .load import run_wrk, write_script
+from .rate import run_vegeta, write_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +82,26 @@ def bench_config(triton: TritonServer, upstream_url: str, slow_url: str) -> dict
     return config
 
 
+def _ratios(results: dict[str, object]) -> dict[str, float]:
+    """The router against LiteLLM where both were measured: throughput (higher is better for the
+    router) and overhead (LiteLLM's over the router's: higher is better for the router)."""
+    out: dict[str, float] = {}
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = results.get(a), results.get(b)
+        return round(x / y, 2) if isinstance(x, (int, float)) and isinstance(y, (int, float)) and y > 0 else None
+
+    for mode in ("manual", "auto"):
+        for c in (1, 8, 64):
+            r = ratio(f"load_{mode}_c{c}_rps", f"load_litellm_c{c}_rps")
+            if r is not None:
+                out[f"ratio_{mode}_vs_litellm_c{c}_rps"] = r
+        r = ratio("litellm_overhead_p50_ms", f"{mode}_overhead_p50_ms")
+        if r is not None:
+            out[f"ratio_litellm_over_{mode}_overhead_p50"] = r
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
@@ -82,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="timed requests per latency measurement")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
     parser.add_argument("--wrk", type=Path, help="the wrk binary (make bench fetches it); none: skip step 5")
+    parser.add_argument("--vegeta", type=Path, help="the vegeta binary (make bench builds it); none: skip step 6")
+    parser.add_argument("--rates", type=int, nargs="*", default=[50, 200], help="requests/s of step 6")
+    parser.add_argument("--litellm", type=Path, help="LiteLLM's `litellm` CLI (make bench installs it in its "
+                                                     "own virtualenv); none: no peer")
     parser.add_argument("--load-seconds", type=int, default=10)
-    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in step 5 (0: skip it)")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in step 7 (0: skip it)")
     parser.add_argument("--stream-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / ".eval" / "bench.json")
     args = parser.parse_args(argv)
@@ -93,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ports = TritonPorts.free()
     with tempfile.TemporaryDirectory() as tmp, TritonServer(args.model_repository.resolve(), ports=ports,
                                                             log_file=Path(tmp) / "triton.log") as triton, \
-            InstantUpstream() as upstream, InstantUpstream(stream_seconds=args.stream_seconds) as slow:
+            InstantUpstream() as upstream, InstantUpstream(stream_seconds=args.stream_seconds) as slow, \
+            contextlib.ExitStack() as peers:
+        litellm = peers.enter_context(LiteLLMProxy(args.litellm, upstream.url, Path(tmp))) if args.litellm else None
         print(">> Triton ready; starting the router", flush=True)
         config_path = Path(tmp) / "router.yaml"
         config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url, slow.url)))
@@ -108,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
             def chat_body(model: str) -> dict:
                 return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
 
-            print(">> 1/6 router overhead, manual routing", flush=True)
+            print(">> 1/7 router overhead, manual routing" + (" (and LiteLLM's)" if litellm else ""), flush=True)
             direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
                             args.requests)
-            print(">> 2/6 automatic routing (classifier through Triton)", flush=True)
+            if litellm is not None:
+                peer = _timed(lambda: session.post(litellm.url + "/v1/chat/completions", json=chat_body("instant"),
+                                                   headers=litellm.headers), args.requests)
+                results["litellm_overhead_p50_ms"] = round(_p(peer, 50) - _p(direct, 50), 3)
+            print(">> 2/7 automatic routing (classifier through Triton)", flush=True)
             auto = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("router:instant")),
                           args.requests)
             results["direct_upstream_p50_ms"] = round(_p(direct, 50), 3)
@@ -125,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             cached = _timed(lambda: session.post(base + "/v1/chat/completions", json=repeated), args.requests)
             results["auto_cached_overhead_p50_ms"] = round(_p(cached, 50) - _p(direct, 50), 3)
 
-            print(">> 3/6 classifier through Triton", flush=True)
+            print(">> 3/7 classifier through Triton", flush=True)
             client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
             single = _timed(lambda: client.score([next(prompt_iter)]), args.requests)
             results["classifier_single_p50_ms"] = round(_p(single, 50), 3)
@@ -146,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 total = sum(pool.map(worker, range(0, 128, 32)))
             results["classifier_prompts_per_s"] = round(total / (time.monotonic() - t0), 1)
 
-            print(">> 4/6 local LLM generation", flush=True)
+            print(">> 4/7 local LLM generation", flush=True)
             for model in ("smollm2_135m", "gemma3_270m"):
                 body = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
                         "max_tokens": 64, "temperature": 0.0, "stream": False}
@@ -156,17 +194,36 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.perf_counter() - t0
                 results[f"{model}_tokens_per_s"] = round(int(out.get("completion_tokens", 0)) / elapsed, 1)
 
+            # The systems under load, side by side: name -> (url, model, headers).
+            systems = {"direct": (upstream.url + "/chat/completions", "instant", {}),
+                       "manual": (base + "/v1/chat/completions", "instant-a", {}),
+                       "auto": (base + "/v1/chat/completions", "router:instant", {})}
+            if litellm is not None:
+                systems["litellm"] = (litellm.url + "/v1/chat/completions", "instant", litellm.headers)
             if args.wrk:
-                print(">> 5/6 load with wrk: direct, manual, automatic at 1, 8, 64 connections", flush=True)
-                for name, target_url, model in (("direct", upstream.url + "/chat/completions", "instant"),
-                                                ("manual", base + "/v1/chat/completions", "instant-a"),
-                                                ("auto", base + "/v1/chat/completions", "router:instant")):
-                    script = write_script(Path(tmp) / f"{name}.lua", model, prompts)
+                print(f">> 5/7 fixed concurrency with wrk: {', '.join(systems)} at 1, 8, 64 connections", flush=True)
+                for name, (target_url, model, headers) in systems.items():
+                    script = write_script(Path(tmp) / f"{name}.lua", model, prompts, headers)
                     for connections in (1, 8, 64):
                         row = run_wrk(args.wrk, target_url, script, connections, args.load_seconds)
                         results.update({f"load_{name}_c{connections}_{k}": v for k, v in row.items()})
+                        print(f"   {name:8} c{connections:<3} {row}", flush=True)
+            if args.vegeta:
+                print(f">> 6/7 fixed rate with vegeta: {', '.join(systems)} at {args.rates} requests/s", flush=True)
+                for name, (target_url, model, headers) in systems.items():
+                    targets = write_targets(Path(tmp) / f"{name}.targets", target_url, model, prompts, headers)
+                    for rate in args.rates:
+                        row = run_vegeta(args.vegeta, targets, rate, args.load_seconds)
+                        results.update({f"rate_{name}_r{rate}_{k}": v for k, v in row.items()})
+                        print(f"   {name:8} {rate:>4}/s {row}", flush=True)
+                for rate in args.rates:  # overhead at a set arrival rate: minus the upstream alone, per percentile
+                    for name in systems.keys() - {"direct"}:
+                        for q in ("p50", "p99"):
+                            results[f"rate_{name}_r{rate}_overhead_{q}_ms"] = round(
+                                results[f"rate_{name}_r{rate}_{q}_ms"] - results[f"rate_direct_r{rate}_{q}_ms"], 2)
+            results.update(_ratios(results))
             if args.streams:
-                print(f">> 6/6 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
+                print(f">> 7/7 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
                       "meanwhile", flush=True)
                 results.update(hold_streams(base + "/v1/chat/completions", args.streams, args.stream_seconds,
                                             "slow", "instant-a", router.pid))

@@ -11,10 +11,11 @@ from pathlib import Path
 
 _SCRIPT = """
 local bodies = {%s}
+local headers = {%s}
 local i = 0
 request = function()
   i = i %% #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+  return wrk.format("POST", nil, headers, bodies[i])
 end
 """
 
@@ -23,10 +24,16 @@ def _lua_string(text: str) -> str:
     return "[==[" + text.replace("]==]", "") + "]==]"
 
 
-def write_script(path: Path, model: str, prompts: list[str]) -> Path:
-    bodies = [json.dumps({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": p}]})
-              for p in prompts]
-    path.write_text(_SCRIPT % ", ".join(_lua_string(b) for b in bodies))
+def chat_bodies(model: str, prompts: list[str]) -> list[str]:
+    """One small chat body per prompt (one completion token: the upstream's time stays out of it)."""
+    return [json.dumps({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": p}]})
+            for p in prompts]
+
+
+def write_script(path: Path, model: str, prompts: list[str], headers: dict[str, str] | None = None) -> Path:
+    fields = {"Content-Type": "application/json", **(headers or {})}
+    path.write_text(_SCRIPT % (", ".join(_lua_string(b) for b in chat_bodies(model, prompts)),
+                               ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in fields.items())))
     return path
 
 
