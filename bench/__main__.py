@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(">> 4/7 local LLM generation", flush=True)
             for model in ("smollm2_135m", "gemma3_270m"):
-                body = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
+                body: dict[str, Any] = {"messages": json.dumps([{"role": "user", "content": "Write a short story about a robot."}]),
                         "max_tokens": 64, "temperature": 0.0, "stream": False}
                 session.post(f"{triton.http_url}/v2/models/{model}/generate", json=body)  # warm-up
                 t0 = time.perf_counter()
@@ -195,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{model}_tokens_per_s"] = round(int(out.get("completion_tokens", 0)) / elapsed, 1)
 
             # The systems under load, side by side: name -> (url, model, headers).
-            systems = {"direct": (upstream.url + "/chat/completions", "instant", {}),
-                       "manual": (base + "/v1/chat/completions", "instant-a", {}),
-                       "auto": (base + "/v1/chat/completions", "router:instant", {})}
+            systems: dict[str, tuple[str, str, dict[str, str]]] = {
+                "direct": (upstream.url + "/chat/completions", "instant", {}),
+                "manual": (base + "/v1/chat/completions", "instant-a", {}),
+                "auto": (base + "/v1/chat/completions", "router:instant", {})}
             if litellm is not None:
                 systems["litellm"] = (litellm.url + "/v1/chat/completions", "instant", litellm.headers)
             if args.wrk:
@@ -210,17 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"   {name:8} c{connections:<3} {row}", flush=True)
             if args.vegeta:
                 print(f">> 6/7 fixed rate with vegeta: {', '.join(systems)} at {args.rates} requests/s", flush=True)
+                rows: dict[tuple[str, int], dict[str, float]] = {}
                 for name, (target_url, model, headers) in systems.items():
                     targets = write_targets(Path(tmp) / f"{name}.targets", target_url, model, prompts, headers)
                     for rate in args.rates:
-                        row = run_vegeta(args.vegeta, targets, rate, args.load_seconds)
+                        row = rows[name, rate] = run_vegeta(args.vegeta, targets, rate, args.load_seconds)
                         results.update({f"rate_{name}_r{rate}_{k}": v for k, v in row.items()})
                         print(f"   {name:8} {rate:>4}/s {row}", flush=True)
-                for rate in args.rates:  # overhead at a set arrival rate: minus the upstream alone, per percentile
-                    for name in systems.keys() - {"direct"}:
-                        for q in ("p50", "p99"):
-                            results[f"rate_{name}_r{rate}_overhead_{q}_ms"] = round(
-                                results[f"rate_{name}_r{rate}_{q}_ms"] - results[f"rate_direct_r{rate}_{q}_ms"], 2)
+                for (name, rate), row in rows.items():  # at a set arrival rate: minus the upstream alone
+                    if name != "direct":
+                        for q in ("p50_ms", "p99_ms"):
+                            results[f"rate_{name}_r{rate}_overhead_{q}"] = round(row[q] - rows["direct", rate][q], 2)
             results.update(_ratios(results))
             if args.streams:
                 print(f">> 7/7 {args.streams} streams of {args.stream_seconds:.0f}s held open, short requests "
