@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f">> starting the router (gunicorn) on {args.host}:{args.port}", flush=True)
         router = start_router(args.config, args.host, args.port,
                               {"TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url,
-                               "ROUTER_STORE_URL": store_url})
+                               "ROUTER_STORE_URL": store_url,
+                               "ROUTER_DECISION_LOG": os.environ.get("ROUTER_DECISION_LOG", ".eval/decisions.sqlite")})
         wait_ready(f"http://{args.host}:{args.port}/health/ready", router, timeout_s=120)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydantic import ValidationError
 
 from .access import AccessError, Gate
 from .api_keys import ApiKey, KeyLimits, KeyStore
-from .api_models import to_api_error
-from .errors import bad_request
+from .api_models import parse_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -33,13 +31,7 @@ def _keys() -> KeyStore:
 
 
 def _limits_body() -> KeyLimits:
-    data = request.get_data(cache=False)
-    if not data.strip():
-        raise bad_request("The request body is empty; expected a JSON object.", code="invalid_json")
-    try:
-        return KeyLimits.model_validate_json(data)
-    except ValidationError as exc:
-        raise to_api_error(exc) from None
+    return parse_json(KeyLimits, request.get_data(cache=False))
 
 
 def _view(key: ApiKey) -> dict[str, Any]:

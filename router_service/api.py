@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 import time
 import uuid
@@ -18,10 +19,11 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from . import openai_format as fmt
 from .access import AccessError, Gate, Grant
 from .accounting import Accounting, Receipt
-from .api_models import ChatCompletionRequest, CompletionRequest, parse_body
+from .api_models import ChatCompletionRequest, CompletionRequest, FeedbackRequest, parse_body, parse_json
 from .config import RouterConfig
+from .decision_log import DecisionLog, DecisionRow, FeedbackRow
 from .dispatch import Dispatcher, Served
-from .errors import target_error
+from .errors import APIError, bad_request, target_error
 from .generation import GenerationRequest, Usage
 from .policy import POLICY_MODEL, Decision, Router
 from .metrics import RouterMetrics
@@ -44,6 +46,7 @@ class RouterState:
     metrics: RouterMetrics
     gate: Gate
     store: Store | None = None
+    decision_log: DecisionLog | None = None
 
 
 def state() -> RouterState:
@@ -115,8 +118,30 @@ def _record(st: RouterState, ex: Exchange, status: int) -> None:
                        0.0 if ex.receipt is None else ex.receipt.cost_usd)
     if ex.path in GENERATION_PATHS:
         _count(st.metrics, ex, status, total_s)
+        if st.decision_log is not None and ex.decision is not None:
+            st.decision_log.record(_decision_row(st.decision_log, ex, status, total_s))
     if st.request_log.enabled:
         _log_request(st.request_log, ex, status, total_s)
+
+
+def _decision_row(log: DecisionLog, ex: Exchange, status: int, total_s: float) -> DecisionRow:
+    decision, receipt, req = ex.decision, ex.receipt, ex.generation
+    assert decision is not None
+    keep = req is not None and log.keeps_text(decision.policy, decision.private is not None)
+    return DecisionRow(
+        request_id=ex.request_id, time=time.time(), key_id=_key_id(ex.grant),
+        model=None if req is None else req.model, policy=decision.policy, target=ex.served.target if ex.served
+        else decision.target, reason=decision.reason, score=decision.score, confidence=decision.confidence,
+        strong_share=decision.strong_share, model_version=decision.model_version, status=status,
+        prompt_tokens=None if receipt is None else receipt.usage.prompt_tokens,
+        completion_tokens=None if receipt is None else receipt.usage.completion_tokens,
+        cost_usd=None if receipt is None else receipt.cost_usd, latency_ms=round(total_s * 1000, 3),
+        prompt=json.dumps([{"role": m.role, "content": m.content} for m in req.messages]) if keep and req else None,
+        answer=ex.answer if keep else None)
+
+
+def _key_id(grant: Grant | None) -> str | None:
+    return None if grant is None or grant.key is None else grant.key.id
 
 
 def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
@@ -318,6 +343,34 @@ def route() -> Response:
     st.gate.permit(key, req.model, None if policy is None else policy.name)
     decision = ex.decision = st.router.decide(req)
     return jsonify(decision_json(req, decision))
+
+
+@bp.post("/v1/router/feedback")
+def feedback() -> tuple[Response, int]:
+    """How good an answer was, joined to the request's decision-log row: a rating, thumbs, or
+    per-target grades. Only the key that made the request (or the master key) may rate it."""
+    st = state()
+    key = st.gate.identify(request.headers.get("Authorization"))
+    body = parse_json(FeedbackRequest, request.get_data(cache=False))
+    if st.decision_log is None:
+        raise APIError(404, "The decision log is off: set decision_log.path to collect decisions and feedback.",
+                       code="decision_log_disabled")
+    unknown = sorted(set(body.grades or {}) - {t.name for t in st.config.targets})
+    if unknown:
+        raise bad_request(f"Unknown target(s) in grades: {', '.join(unknown)}.", param="grades", code="invalid_value")
+    found, owner = st.decision_log.owner(body.request_id)
+    key_id = None if key is None else key.id
+    if not found or (key_id is not None and owner != key_id):
+        raise APIError(404, f"No logged request '{body.request_id}' (made with this key).", param="request_id",
+                       code="request_not_found")
+    row = FeedbackRow(request_id=body.request_id, time=time.time(), key_id=key_id, rating=body.score,
+                      grades=None if body.grades is None else json.dumps(body.grades, sort_keys=True),
+                      comment=body.comment)
+    if not st.decision_log.feedback(row):
+        raise APIError(503, "The decision log is behind; send the feedback again shortly.", type="server_error",
+                       code="decision_log_busy", headers={"Retry-After": "1"})
+    return jsonify({"object": "router.feedback", "request_id": body.request_id, "rating": body.score,
+                    "grades": body.grades, "status": "accepted"}), 202
 
 
 def decision_json(req: GenerationRequest, d: Decision) -> dict[str, Any]:

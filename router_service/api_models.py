@@ -10,7 +10,7 @@ boolean), as in OpenAI's API.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
                       model_validator)
@@ -20,6 +20,7 @@ from .errors import APIError, bad_request
 from .generation import GenerationRequest, Kind, Message, RouterOverrides
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+M = TypeVar("M", bound=BaseModel)
 MAX_STOP_SEQUENCES = 4
 LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -116,6 +117,30 @@ class RouterOptions(_Body):
         if self.threshold is not None and self.strong_share is not None:
             raise PydanticCustomError("invalid_value", "give 'router.threshold' or 'router.strong_share', not both")
         return self
+
+
+class FeedbackRequest(_Body):
+    """``POST /v1/router/feedback``: how good an answer was, joined to its decision-log row."""
+
+    request_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+                            description="the answer's x-request-id")
+    rating: float | None = Field(None, ge=0.0, le=1.0, description="the answer's quality, 0 (bad) to 1 (good)")
+    thumbs: Literal["up", "down"] | None = Field(None, description="the same as a rating of 1 or 0")
+    grades: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        None, description="per target: how good its answer to this prompt is (e.g. from a comparison)")
+    comment: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "FeedbackRequest":
+        if self.rating is None and self.thumbs is None and not self.grades:
+            raise PydanticCustomError("missing_required_parameter", "give 'rating', 'thumbs' or 'grades'")
+        if self.rating is not None and self.thumbs is not None:
+            raise PydanticCustomError("invalid_value", "give 'rating' or 'thumbs', not both")
+        return self
+
+    @property
+    def score(self) -> float | None:
+        return self.rating if self.thumbs is None else float(self.thumbs == "up")
 
 
 class StreamOptions(_Body):
@@ -231,7 +256,7 @@ class CompletionRequest(_Generation):
 _CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
           "json_invalid": "invalid_json", "recursion_loop": "invalid_json"}
 _VALUE_ERRORS = ("greater_than", "less_than", "too_short", "too_long", "literal_error", "value_error",
-                 "multiple_of", "enum", "string_too_short", "string_too_long")
+                 "multiple_of", "enum", "string_too_short", "string_too_long", "string_pattern_mismatch")
 
 
 def _param(loc: tuple[int | str, ...], suffix: str = "") -> str | None:
@@ -273,10 +298,15 @@ def to_api_error(exc: ValidationError) -> APIError:
 
 
 def parse_body(model: type[_Generation], data: bytes) -> GenerationRequest:
-    """Validate a raw body; every problem is an OpenAI-style 400."""
+    """Validate a raw generation body; every problem is an OpenAI-style 400."""
+    return parse_json(model, data).to_generation()
+
+
+def parse_json(model: type[M], data: bytes) -> M:
+    """Validate a raw JSON body against ``model``; every problem is an OpenAI-style 400."""
     if not data.strip():
         raise bad_request("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        return model.model_validate_json(data).to_generation()
+        return model.model_validate_json(data)
     except ValidationError as exc:
         raise to_api_error(exc) from None

@@ -18,6 +18,7 @@ from .classifier import Classifier
 from .classifier_client import ClassifierClient
 from .config import ClassifierConfig, RouterConfig, load_config
 from .decision_cache import CachedClassifier
+from .decision_log import DecisionLog
 from .dispatch import Dispatcher
 from .errors import register_error_handlers
 from .health import bp as health_bp
@@ -68,10 +69,15 @@ def create_app(config: RouterConfig | None = None) -> Flask:
                             else (lambda name: CircuitBreaker(breaker_config)))
     metrics.watch_breakers(lambda: {name: b.state for name, b in dispatcher.breakers.items()})
     gate = Gate(config.auth, KeyStore(store) if store else None, Limiter(store) if store else None)
+    decision_log = None
+    if config.decision_log.path:
+        logged = metrics.decision_log
+        decision_log = DecisionLog(config.decision_log, on_write=logged.labels("written").inc,
+                                   on_drop=logged.labels("dropped").inc)
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
         accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()),
-        request_log=request_log, metrics=metrics, gate=gate, store=store)
+        request_log=request_log, metrics=metrics, gate=gate, store=store, decision_log=decision_log)
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

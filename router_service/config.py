@@ -57,6 +57,18 @@ class ServerConfig(StrictModel):
     playground: bool = True
 
 
+class DecisionLogConfig(StrictModel):
+    """Every routed request recorded in SQLite off the hot path, with the clients' feedback: the
+    router's own traffic as routing data (decision_log.py). Empty path: off."""
+
+    path: str = ""
+    # Rows waiting for the writer; beyond this they are dropped (counted), never waited for.
+    queue_size: int = Field(10_000, ge=1)
+    retention_days: float = Field(30.0, gt=0)
+    # Policies whose prompt and answer text are kept too (never for a prompt the privacy rule matched).
+    prompts: list[str] = Field(default_factory=list)
+
+
 class StoreConfig(StrictModel):
     """The shared Redis-protocol store (Valkey, Redis) for keys, limits and spend. ``make run``
     starts an embedded Valkey and sets ROUTER_STORE_URL; empty: no store (auth cannot be on)."""
@@ -228,6 +240,7 @@ class RouterConfig(StrictModel):
     reliability: ReliabilityConfig = ReliabilityConfig()
     store: StoreConfig = StoreConfig()
     auth: AuthConfig = AuthConfig()
+    decision_log: DecisionLogConfig = DecisionLogConfig()
 
     @field_validator("classifiers", "targets", "policies", "rules")
     @classmethod
@@ -251,6 +264,9 @@ class RouterConfig(StrictModel):
                     raise ValueError(f"policy {policy.name!r}: unknown {role} target {name!r}")
             policy.check_prices({t.name: t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens
                                  for t in self.targets})
+        for name in self.decision_log.prompts:
+            if name not in policies:
+                raise ValueError(f"decision_log.prompts: unknown policy {name!r}")
         for target in self.targets:
             for name in target.fallbacks:
                 if name not in targets:

@@ -64,6 +64,11 @@ class RouterMetrics:
                                     ["operation"], registry=r)
         self.refusals = Counter("router_access_refusals", "Requests refused by key checks, limits or budgets",
                                 ["code"], registry=r)
+        self.decision_log = Counter("router_decision_log_records", "Decision-log rows by outcome: written, or "
+                                    "dropped because the writer fell behind (requests never wait for it)",
+                                    ["outcome"], registry=r)
+        for outcome in ("written", "dropped"):
+            self.decision_log.labels(outcome)
         self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r,
                                multiprocess_mode="livesum")
         self.breaker = Gauge("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, "

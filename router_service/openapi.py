@@ -10,7 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from .api_keys import KeyLimits
-from .api_models import ChatCompletionRequest, CompletionRequest
+from .api_models import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 
 bp = Blueprint("openapi", __name__)
 
@@ -48,6 +48,14 @@ def _route() -> dict[str, Any]:
     return body
 
 
+def _feedback() -> dict[str, Any]:
+    return {"post": {
+        "summary": "Feedback on an answer (a rating, thumbs or per-target grades), joined to its decision-log row",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}},
+        "responses": {"202": _answer("accepted", _OBJECT), **_errors(400, 401, 404, 503)}}}
+
+
 def _get(summary: str, *errors: int) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": _answer("OK", _OBJECT), **_errors(*errors)}}}
 
@@ -68,7 +76,8 @@ _KEY_ID = [{"name": "key_id", "in": "path", "required": True, "schema": {"type":
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
-                                  (KeyLimits, "validation")], ref_template="#/components/schemas/{model}")
+                                  (FeedbackRequest, "validation"), (KeyLimits, "validation")],
+                                 ref_template="#/components/schemas/{model}")
     schemas = {**defs["$defs"], "Error": _ERROR}
     return {
         "openapi": "3.1.0",
@@ -78,6 +87,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": _generation("Chat completion, routed", "ChatCompletionRequest"),
             "/v1/completions": _generation("Legacy text completion, routed", "CompletionRequest"),
             "/v1/router/route": _route(),
+            "/v1/router/feedback": _feedback(),
             "/v1/models": _get("Policies and targets"),
             "/v1/router/stats": _get("Running usage, cost, savings, breakers and calibration"),
             "/health/live": _get("Liveness"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,9 +62,27 @@ def playground_config(triton: TritonServer, **overrides: object) -> dict:
 
 
 @pytest.fixture(scope="module")
-def url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_router(playground_config(triton), tmp_path_factory.mktemp("playground")) as base:
+def decisions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("decision-log") / "decisions.sqlite"
+
+
+@pytest.fixture(scope="module")
+def url(triton: TritonServer, decisions: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with run_router(playground_config(triton, decision_log={"path": str(decisions)}),
+                    tmp_path_factory.mktemp("playground")) as base:
         yield base
+
+
+def feedback_rows(db: Path, request_id: str, n: int) -> list[tuple[float | None, str | None]]:
+    """(rating, grades) of a request's feedback, once the log's writer has written ``n`` of them."""
+    deadline = time.monotonic() + 15
+    while True:
+        with sqlite3.connect(db, timeout=10) as conn:
+            found = conn.execute("SELECT rating, grades FROM feedback WHERE request_id = ? ORDER BY time",
+                                 (request_id,)).fetchall()
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +218,8 @@ def test_decision_as_you_type_and_the_share_slider(browser: WebDriver, url: str)
     wait(browser, lambda: shown(browser, "decision", "cut") == "strong if in the top 20%")
 
 
-def test_send_streams_the_answer_and_the_panel_counts_it(browser: WebDriver, url: str, shots: Path) -> None:
+def test_send_streams_the_answer_and_the_panel_counts_it(browser: WebDriver, url: str, shots: Path,
+                                                          decisions: Path) -> None:
     open_page(browser, url)
     set_value(browser, "max-tokens", "24")
     set_value(browser, "temperature", "0")
@@ -230,8 +251,15 @@ def test_send_streams_the_answer_and_the_panel_counts_it(browser: WebDriver, url
     assert shown(browser, "totals", "baseline") == usd(routed["baseline_cost_usd"])
     browser.save_screenshot(str(shots / "playground.png"))
 
+    # Rating the answer records feedback on its request, in the decision log.
+    request_id = browser.execute_script("return page.answerId")
+    browser.find_element(By.ID, "thumbs-down").click()
+    wait(browser, lambda: browser.find_element(By.ID, "rate-state").text == "recorded: bad", message="the rating")
+    assert feedback_rows(decisions, request_id, 1) == [(0.0, None)]
 
-def test_compare_asks_every_target_side_by_side(browser: WebDriver, url: str, shots: Path) -> None:
+
+def test_compare_asks_every_target_side_by_side(browser: WebDriver, url: str, shots: Path,
+                                                decisions: Path) -> None:
     open_page(browser, url)
     set_value(browser, "max-tokens", "12")
     set_value(browser, "temperature", "0")
@@ -251,6 +279,14 @@ def test_compare_asks_every_target_side_by_side(browser: WebDriver, url: str, sh
         assert card.find_element(By.CSS_SELECTOR, "pre").get_attribute("textContent") == direct
         assert "completion tokens" in card.find_element(By.CSS_SELECTOR, "p").text
     assert stats(url)["total"]["requests"] == before + 4  # the page's two, the test's two
+
+    # Picking the better answer grades both compared requests alike.
+    cards[1].find_element(By.TAG_NAME, "button").click()
+    wait(browser, lambda: cards[1].get_attribute("data-preferred") == "true", message="the preference")
+    assert cards[0].get_attribute("data-preferred") == "false"
+    for card in cards:
+        got = feedback_rows(decisions, card.get_attribute("data-request-id"), 1)
+        assert [(rating, json.loads(grades)) for rating, grades in got] == [(None, {WEAK: 0, STRONG: 1})]
     browser.save_screenshot(str(shots / "playground-compare.png"))
 
 

@@ -6,7 +6,7 @@
 
 const KEY_STORAGE = "llm-router-playground-key"; // sessionStorage: gone when the tab closes
 const SVG = "http://www.w3.org/2000/svg";
-const page = { policies: new Map(), targets: new Map(), stats: null, decisionSeq: 0, typingTimer: null };
+const page = { policies: new Map(), targets: new Map(), stats: null, decisionSeq: 0, typingTimer: null, answerId: null };
 
 const $ = (selector) => document.querySelector(selector);
 const pct = (x, digits = 0) => (x == null || Number.isNaN(x) ? "–" : `${(100 * x).toFixed(digits)}%`);
@@ -183,6 +183,7 @@ async function send() {
   const meta = $("#answer-meta");
   const answer = $("#answer");
   answer.textContent = "";
+  $("#rate").hidden = true;
   for (const dd of meta.querySelectorAll("dd")) dd.textContent = "–";
   setBusy(true);
   const t0 = performance.now();
@@ -190,6 +191,7 @@ async function send() {
     const resp = await api("/v1/chat/completions", chatBody($("#policy").value,
       { stream: true, stream_options: { include_usage: true }, max_tokens: maxTokens() }));
     const target = resp.headers.get("x-router-target");
+    page.answerId = resp.headers.get("x-request-id");
     field(meta, "target", `${target} (${resp.headers.get("x-router-reason")})`);
     let usage = null;
     let firstMs = null;
@@ -206,6 +208,8 @@ async function send() {
     field(meta, "cost", usd(costOf(target, usage)));
     field(meta, "latency", `${(performance.now() - t0).toFixed(0)} ms` +
       (firstMs === null ? "" : ` (first token after ${firstMs.toFixed(0)} ms)`));
+    $("#rate-state").textContent = "";
+    $("#rate").hidden = false;
     showError("");
   } catch (e) {
     showError(e.message);
@@ -231,7 +235,12 @@ async function compare() {
     info.textContent = "asking…";
     const text = document.createElement("pre");
     text.className = "answer";
-    card.append(title, info, text);
+    const best = document.createElement("button");
+    best.type = "button";
+    best.textContent = "Best answer";
+    best.hidden = true;
+    best.addEventListener("click", () => preferAnswer(container, name));
+    card.append(title, info, text, best);
     container.append(card);
     const t0 = performance.now();
     try {
@@ -241,6 +250,8 @@ async function compare() {
       const u = data.usage;
       info.textContent = `${u.prompt_tokens} prompt, ${u.completion_tokens} completion tokens · ` +
         `${usd(Number(resp.headers.get("x-router-cost-usd")))} · ${(performance.now() - t0).toFixed(0)} ms`;
+      card.dataset.requestId = resp.headers.get("x-request-id");
+      best.hidden = false;
       card.dataset.state = "done";
     } catch (e) {
       info.textContent = e.message;
@@ -249,6 +260,34 @@ async function compare() {
   }));
   setBusy(false);
   refreshStats();
+}
+
+// --- feedback: joined to the answers' decision-log rows (POST /v1/router/feedback) --------------
+async function sendFeedback(body) {
+  return (await api("/v1/router/feedback", body)).json();
+}
+
+async function rateAnswer(thumbs) {
+  if (!page.answerId) return;
+  try {
+    await sendFeedback({ request_id: page.answerId, thumbs });
+    $("#rate-state").textContent = `recorded: ${thumbs === "up" ? "good" : "bad"}`;
+  } catch (e) {
+    $("#rate-state").textContent = e.message;
+  }
+}
+
+// The preferred answer of a comparison: every compared request gets the same per-target grades.
+async function preferAnswer(container, chosen) {
+  const cards = Array.from(container.querySelectorAll("article[data-request-id]"));
+  const grades = Object.fromEntries(cards.map((c) => [c.dataset.target, c.dataset.target === chosen ? 1 : 0]));
+  try {
+    await Promise.all(cards.map((c) => sendFeedback({ request_id: c.dataset.requestId, grades })));
+    for (const c of cards) c.dataset.preferred = String(c.dataset.target === chosen);
+    showError("");
+  } catch (e) {
+    showError(e.message);
+  }
 }
 
 // --- traffic, calibration and the quality/cost curve --------------------------------------------
@@ -407,6 +446,8 @@ async function start() {
   $("#prompt").addEventListener("input", () => decideSoon());
   $("#send").addEventListener("click", send);
   $("#compare").addEventListener("click", compare);
+  $("#thumbs-up").addEventListener("click", () => rateAnswer("up"));
+  $("#thumbs-down").addEventListener("click", () => rateAnswer("down"));
   showKeyState();
   await init();
   setInterval(refreshStats, 2000);

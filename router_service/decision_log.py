@@ -1,0 +1,181 @@
+"""The decision log: every routed request, kept in SQLite for learning from the router's own
+traffic (routing data for `make export`), with the feedback clients send about the answers.
+
+Requests never wait for it: ``record`` puts the row on a bounded queue and a background thread
+writes batches; when the queue is full the row is dropped and counted (``on_drop``). Prompt and
+answer text are kept only for the policies the operator opted in (``decision_log.prompts``) and
+never for a prompt the privacy rule matched. Rows older than ``retention_days`` are deleted by the
+writer, at start and hourly. Several gunicorn workers may share one file (WAL mode)."""
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import DecisionLogConfig
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT PRIMARY KEY, time REAL NOT NULL, key_id TEXT, model TEXT, policy TEXT, target TEXT,
+    reason TEXT, score REAL, confidence REAL, strong_share REAL, model_version TEXT, status INTEGER,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, latency_ms REAL, prompt TEXT, answer TEXT);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT NOT NULL, time REAL NOT NULL, key_id TEXT, rating REAL, grades TEXT, comment TEXT);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+"""
+_BATCH = 500
+_PURGE_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    request_id: str
+    time: float
+    key_id: str | None
+    model: str | None
+    policy: str | None
+    target: str | None
+    reason: str | None
+    score: float | None
+    confidence: float | None
+    strong_share: float | None
+    model_version: str | None
+    status: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float
+    prompt: str | None = None  # only for opted-in policies, never for a private prompt
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    request_id: str
+    time: float
+    key_id: str | None
+    rating: float | None
+    grades: str | None  # JSON: target -> score in [0, 1]
+    comment: str | None
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class DecisionLog:
+    def __init__(self, config: DecisionLogConfig, on_write: Callable[[int], None] = lambda n: None,
+                 on_drop: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self.keeps_prompts = frozenset(config.prompts)
+        Path(config.path).parent.mkdir(parents=True, exist_ok=True)
+        with _connect(config.path) as conn:
+            conn.executescript(_SCHEMA)
+        self._queue: queue.Queue[DecisionRow | FeedbackRow] = queue.Queue(maxsize=config.queue_size)
+        self._on_write, self._on_drop = on_write, on_drop
+        # Request ids queued, not yet written (feedback may name them already) -> their key id.
+        self._pending: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.local()
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    def keeps_text(self, policy: str | None, private: bool) -> bool:
+        return policy is not None and policy in self.keeps_prompts and not private
+
+    def record(self, row: DecisionRow) -> None:
+        """Queue the row; never blocks. A full queue drops it (counted)."""
+        with self._lock:
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                self._on_drop()
+                return
+            self._pending[row.request_id] = row.key_id
+
+    def owner(self, request_id: str) -> tuple[bool, str | None]:
+        """(is the request in the log, the key id it was made with)."""
+        with self._lock:
+            if request_id in self._pending:
+                return True, self._pending[request_id]
+        conn = getattr(self._reader, "conn", None)
+        if conn is None:
+            conn = self._reader.conn = _connect(self.config.path)
+        found = conn.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        return (found is not None, None if found is None else found[0])
+
+    def feedback(self, row: FeedbackRow) -> bool:
+        """Queue a feedback row; False when the queue is full (the caller answers 503)."""
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self._on_drop()
+            return False
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    # --- the writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        conn = _connect(self.config.path)
+        next_purge = 0.0
+        while True:
+            if time.monotonic() >= next_purge:
+                self._purge(conn)
+                next_purge = time.monotonic() + _PURGE_EVERY_S
+            try:
+                batch = [self._queue.get(timeout=1.0)]
+            except queue.Empty:
+                continue
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(conn, batch)
+
+    def _write(self, conn: sqlite3.Connection, batch: list[DecisionRow | FeedbackRow]) -> None:
+        decisions = [asdict(r) for r in batch if isinstance(r, DecisionRow)]
+        feedback = [asdict(r) for r in batch if isinstance(r, FeedbackRow)]
+        while True:
+            try:
+                with conn:  # one transaction per batch
+                    if decisions:
+                        columns = list(decisions[0])
+                        conn.executemany(f"INSERT OR REPLACE INTO decisions ({', '.join(columns)}) VALUES "
+                                         f"({', '.join(':' + c for c in columns)})", decisions)
+                    if feedback:
+                        conn.executemany("INSERT INTO feedback VALUES (:request_id, :time, :key_id, :rating, :grades, "
+                                         ":comment)", feedback)
+                break
+            except sqlite3.OperationalError:  # locked for longer than the busy timeout: keep the batch, retry
+                time.sleep(0.5)
+        with self._lock:
+            for row in decisions:
+                self._pending.pop(row["request_id"], None)
+        for _ in batch:
+            self._queue.task_done()
+        self._on_write(len(decisions))
+
+    def _purge(self, conn: sqlite3.Connection) -> None:
+        cutoff = time.time() - self.config.retention_days * 86400
+        try:
+            with conn:
+                conn.execute("DELETE FROM feedback WHERE request_id IN "
+                             "(SELECT request_id FROM decisions WHERE time < ?)", (cutoff,))
+                conn.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
+        except sqlite3.OperationalError:
+            pass  # locked: the next purge will do it
+
