@@ -393,16 +393,19 @@ function drawCurve() {
     return;
   }
   points.push([1, 1]); // everything strong: the strong model's quality
+  // Quality can pass the strong model's own where the weak one is right and the strong one wrong.
   const low = Math.min(0.9, Math.floor(Math.min(...points.map((p) => p[1])) * 20) / 20);
+  const high = Math.max(1, Math.ceil(Math.max(...points.map((p) => p[1])) * 100) / 100);
   const X = (share) => 40 + share * 260;
-  const Y = (q) => 190 - (q - low) / (1 - low) * 180;
+  const Y = (q) => 190 - (q - low) / (high - low) * 180;
   const parts = [svg("line", { class: "axis", x1: 40, y1: 190, x2: 300, y2: 190 }),
     svg("line", { class: "axis", x1: 40, y1: 10, x2: 40, y2: 190 })];
-  for (let i = 0; i <= 4; i++) {
-    const q = low + (1 - low) * i / 4;
+  for (let q = low; q <= high + 1e-9; q += 0.025) {
     parts.push(svg("line", { class: "grid", x1: 40, y1: Y(q), x2: 300, y2: Y(q) }),
-      svg("text", { x: 4, y: Y(q) + 3 }, pct(q)));
+      svg("text", { x: 2, y: Y(q) + 3 }, pct(q, 1)));
   }
+  parts.push(svg("line", { class: "random", x1: 40, y1: Y(1), x2: 300, y2: Y(1) }),
+    svg("text", { x: 230, y: Y(1) - 3 }, "strong model"));
   for (let i = 0; i <= 4; i++) parts.push(svg("text", { x: X(i / 4) - 10, y: 204 }, pct(i / 4)));
   parts.push(svg("text", { x: 110, y: 217 }, "share of traffic sent strong"));
   parts.push(svg("polyline", { class: "curve", points: points.map(([x, y]) => `${X(x)},${Y(y)}`).join(" ") }));
