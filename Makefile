@@ -69,12 +69,6 @@ eval: $(STAMP_ALL) ## Score DATA with the served router model; writes SCORES, a 
 cv: $(STAMP_ALL) ## Cross-validate the router-model candidates on the training files (random and held-out-subject/task folds), then score the validation files once; CV_ARGS for options
 	$(PY) -m export.cv --data-dir $(ROUTING_DATA) $(CV_ARGS)
 
-observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus under traffic; draws the chart's dashboard (docs/dashboard.png)
-	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) $(PY) -m local_stack.observe --model-repository $(MODEL_REPOSITORY) $(OBSERVE_ARGS)
-
-bench: $(STAMP_ALL) $(WRK) $(VEGETA) $(LITELLM) ## Benchmarks: overhead, wrk and fixed-rate load beside LiteLLM, classifier, LLM tokens/s, 1,000 streams
-	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) --vegeta $(VEGETA) --litellm $(LITELLM) $(BENCH_ARGS)
-
 # `go install` skips helm's own Makefile, which stamps the version and the Kubernetes version that
 # `helm template`/`lint` assume (else v1.20): HELM_KUBE_MINOR is the k8s.io/client-go minor that
 # HELM_VERSION builds against (v3.16.x: v0.31).
@@ -149,6 +143,13 @@ $(WRK):
 	cp tools/deb-tmp/root/usr/lib/x86_64-linux-gnu/libluajit-5.1.so.2* $(WRK_DIR)/
 	mv tools/deb-tmp/root/usr/bin/wrk $(WRK)
 	rm -rf tools/deb-tmp
+
+# After the tools they need: a rule's prerequisites are expanded when make reads the rule.
+observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus under traffic; draws the chart's dashboard (docs/dashboard.png)
+	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) $(PY) -m local_stack.observe --model-repository $(MODEL_REPOSITORY) $(OBSERVE_ARGS)
+
+bench: $(STAMP_ALL) $(WRK) $(VEGETA) $(LITELLM) ## Benchmarks: overhead, wrk and fixed-rate load beside LiteLLM, classifier, LLM tokens/s, 1,000 streams
+	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) --vegeta $(VEGETA) --litellm $(LITELLM) $(BENCH_ARGS)
 
 # Chromium and its WebDriver for the playground's browser tests: Debian's packages and the few
 # libraries this machine lacks, unpacked (no root, no apt state) into tools/ once. Not pinned by
