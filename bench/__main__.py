@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         config_path = Path(tmp) / "router.yaml"
         config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url, slow.url)))
         port = free_port()
-        router = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
+        # The request log stays on (its cost is part of the overhead), written to a file, not the console.
+        router = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"},
+                              log=Path(tmp) / "router.log")
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base + "/health/ready", router, timeout_s=60)

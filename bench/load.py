@@ -33,7 +33,8 @@ def chat_bodies(model: str, prompts: list[str]) -> list[str]:
 def write_script(path: Path, model: str, prompts: list[str], headers: dict[str, str] | None = None) -> Path:
     fields = {"Content-Type": "application/json", **(headers or {})}
     path.write_text(_SCRIPT % (", ".join(_lua_string(b) for b in chat_bodies(model, prompts)),
-                               ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in fields.items())))
+                               # "[ [==[" with spaces: "[[" would open a long string
+                               ", ".join(f"[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in fields.items())))
     return path
 
 

@@ -22,12 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONF = ROOT / "router_service" / "gunicorn_conf.py"
 
 
-def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start the router under gunicorn (the production server) as a child process."""
+def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start the router under gunicorn (the production server) as a child process; its output goes
+    to ``log`` when given (else to this process's)."""
     proc_env = {**os.environ, **(env or {}), "ROUTER_CONFIG": str(config.resolve()), "ROUTER_HOST": host,
                 "ROUTER_PORT": str(port)}
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"],
-                            env=proc_env, cwd=ROOT)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"]
+    if log is None:
+        return subprocess.Popen(cmd, env=proc_env, cwd=ROOT)
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=proc_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
