@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def rows(db: Path, sql: str, *args: object, wait_for: int = 0, timeout_s: float 
 def feedback(url: str, key: str | None = None, **body: object) -> requests.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return requests.post(url + "/v1/router/feedback", json=body, headers=headers, timeout=30)
+
+
+def logged_router(triton: TritonServer, tmp_path: Path, **log: object) -> tuple[AbstractContextManager[str], Path]:
+    """A router with a decision log in ``tmp_path``: (its URL, the log's file) once entered."""
+    db = tmp_path / "decisions.sqlite"
+    return run_router(router_config_dict(triton, decision_log={"path": str(db), **log}), tmp_path), db
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +137,8 @@ def test_feedback_joins_the_logged_request(logged: tuple[str, Path]) -> None:
 
 
 def test_a_stalled_writer_drops_rows_and_never_delays_requests(triton: TritonServer, tmp_path: Path) -> None:
-    db = tmp_path / "decisions.sqlite"
-    config = router_config_dict(triton, decision_log={"path": str(db), "queue_size": 2})
-    with run_router(config, tmp_path) as url:
+    router, db = logged_router(triton, tmp_path, queue_size=2)
+    with router as url:
         assert chat(url, "warm up", model=WEAK).status_code == 200
         rows(db, "SELECT * FROM decisions", wait_for=1)
         # Another process holds the file's write lock: the writer cannot write.
@@ -156,16 +162,15 @@ def test_a_stalled_writer_drops_rows_and_never_delays_requests(triton: TritonSer
 
 
 def test_old_rows_are_deleted_after_the_retention(triton: TritonServer, tmp_path: Path) -> None:
-    db = tmp_path / "decisions.sqlite"
-    config = router_config_dict(triton, decision_log={"path": str(db), "retention_days": 1})
-    with run_router(config, tmp_path) as url:
+    router, db = logged_router(triton, tmp_path, retention_days=1)
+    with router as url:
         assert chat(url, "Hi", model=WEAK).status_code == 200
         rows(db, "SELECT * FROM decisions", wait_for=1)
     with sqlite3.connect(db) as conn:  # a row from two days ago, with its feedback
         conn.execute("INSERT INTO decisions (request_id, time, status, latency_ms) VALUES ('old', ?, 200, 1.0)",
                      (time.time() - 2 * 86400,))
         conn.execute("INSERT INTO feedback (request_id, time, rating) VALUES ('old', ?, 1.0)", (time.time(),))
-    with run_router(config, tmp_path):  # the writer purges when it starts
+    with logged_router(triton, tmp_path, retention_days=1)[0]:  # the writer purges when it starts
         gone = rows(db, "SELECT * FROM decisions WHERE request_id = 'old'")
         deadline = time.monotonic() + 15
         while gone and time.monotonic() < deadline:

@@ -131,6 +131,14 @@ def override_share(driver: WebDriver, percent: int) -> None:
     set_value(driver, "share", str(percent))
 
 
+def ask(driver: WebDriver, base: str, prompt: str, max_tokens: int) -> None:
+    """A fresh page with the prompt typed, greedy decoding and a completion budget."""
+    open_page(driver, base)
+    set_value(driver, "max-tokens", str(max_tokens))
+    set_value(driver, "temperature", "0")
+    type_prompt(driver, prompt)
+
+
 def idle(driver: WebDriver) -> bool:
     return driver.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
 
@@ -220,10 +228,7 @@ def test_decision_as_you_type_and_the_share_slider(browser: WebDriver, url: str)
 
 def test_send_streams_the_answer_and_the_panel_counts_it(browser: WebDriver, url: str, shots: Path,
                                                           decisions: Path) -> None:
-    open_page(browser, url)
-    set_value(browser, "max-tokens", "24")
-    set_value(browser, "temperature", "0")
-    type_prompt(browser, PROMPT)
+    ask(browser, url, PROMPT, 24)
     before = stats(url)
     browser.find_element(By.ID, "send").click()
     wait(browser, lambda: idle(browser) and shown(browser, "answer-meta", "tokens") != "–", message="the answer")
@@ -260,10 +265,7 @@ def test_send_streams_the_answer_and_the_panel_counts_it(browser: WebDriver, url
 
 def test_compare_asks_every_target_side_by_side(browser: WebDriver, url: str, shots: Path,
                                                 decisions: Path) -> None:
-    open_page(browser, url)
-    set_value(browser, "max-tokens", "12")
-    set_value(browser, "temperature", "0")
-    type_prompt(browser, PROMPT)
+    ask(browser, url, PROMPT, 12)
     before = stats(url)["total"]["requests"]
     browser.find_element(By.ID, "compare").click()
     cards = wait(browser, lambda: (lambda cs: cs if len(cs) == 2 and all(c.get_attribute("data-state") for c in cs)
@@ -291,11 +293,8 @@ def test_compare_asks_every_target_side_by_side(browser: WebDriver, url: str, sh
 
 
 def test_model_output_is_shown_as_text_never_as_html(browser: WebDriver, url: str) -> None:
-    open_page(browser, url)
-    set_value(browser, "max-tokens", "40")
-    set_value(browser, "temperature", "0")
+    ask(browser, url, SCRIPT_PROMPT, 40)
     override_share(browser, 0)  # the weak model, whose answer holds a <script> element
-    type_prompt(browser, SCRIPT_PROMPT)
     browser.find_element(By.ID, "send").click()
     wait(browser, lambda: idle(browser) and shown(browser, "answer-meta", "tokens") != "–", message="the answer")
     assert shown(browser, "answer-meta", "target").startswith(WEAK)
