@@ -65,7 +65,8 @@ class DecisionLogConfig(StrictModel):
     # Rows waiting for the writer; beyond this they are dropped (counted), never waited for.
     queue_size: int = Field(10_000, ge=1)
     retention_days: float = Field(30.0, gt=0)
-    # Policies whose prompt and answer text are kept too (never for a prompt the privacy rule matched).
+    # Policies whose prompt and answer text are kept too ("manual": requests that name a target,
+    # e.g. the playground's comparisons); never for a prompt the privacy rule matched.
     prompts: list[str] = Field(default_factory=list)
 
 
@@ -265,7 +266,7 @@ class RouterConfig(StrictModel):
             policy.check_prices({t.name: t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens
                                  for t in self.targets})
         for name in self.decision_log.prompts:
-            if name not in policies:
+            if name not in policies | {"manual"}:
                 raise ValueError(f"decision_log.prompts: unknown policy {name!r}")
         for target in self.targets:
             for name in target.fallbacks:

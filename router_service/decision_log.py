@@ -89,7 +89,7 @@ class DecisionLog:
         self._thread.start()
 
     def keeps_text(self, policy: str | None, private: bool) -> bool:
-        return policy is not None and policy in self.keeps_prompts and not private
+        return (policy or "manual") in self.keeps_prompts and not private
 
     def record(self, row: DecisionRow) -> None:
         """Queue the row; never blocks. A full queue drops it (counted)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from local_stack.triton_launcher import TritonServer
 from local_stack.valkey import ValkeyServer
@@ -60,6 +61,17 @@ def logged(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> It
                                "strong_share": 0.5})
     with run_router(config, tmp, env={"WEB_CONCURRENCY": "2"}) as url:  # two workers, one file
         yield url, db
+
+
+@pytest.fixture(scope="module")
+def comparisons(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """A router that keeps the text of manually routed requests (comparisons): (URL, log, config file)."""
+    tmp = tmp_path_factory.mktemp("comparisons")
+    db, config_path = tmp / "decisions.sqlite", tmp / "router.yaml"
+    config = router_config_dict(triton, decision_log={"path": str(db), "prompts": ["manual"]})
+    config_path.write_text(yaml.safe_dump(config))
+    with run_router(config, tmp) as url:
+        yield url, db, config_path
 
 
 def test_every_routed_request_is_logged_as_answered(logged: tuple[str, Path]) -> None:
@@ -206,3 +218,41 @@ def test_feedback_belongs_to_the_key_that_made_the_request(triton: TritonServer,
 def test_feedback_without_a_decision_log_says_so(router_url: str) -> None:
     resp = feedback(router_url, request_id="abc", rating=1.0)
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "decision_log_disabled"
+
+
+def test_graded_comparisons_become_routing_data(comparisons: tuple[str, Path, Path], tmp_path: Path) -> None:
+    """The log, as `make export` reads routing data: prompts graded for both of the policy's
+    targets (comparison grades, or ratings of each target's answer), the newest ones for validation."""
+    from export.data import load_models, load_routing_set
+    from export.from_log import main as from_log
+
+    url, db, config_path = comparisons
+    expected = {}
+    for n, (weak_grade, strong_grade) in enumerate([(0.0, 1.0), (1.0, 1.0), (0.25, 0.75)]):
+        prompt = f"Compare answers {n}: what is {n} + {n}?"
+        ids = [chat(url, prompt, model=target).headers["x-request-id"] for target in (WEAK, STRONG)]
+        for rid in ids:  # both compared requests carry the same grades, as the playground sends them
+            assert feedback(url, request_id=rid, grades={WEAK: weak_grade, STRONG: strong_grade}).status_code == 202
+        expected[prompt] = {WEAK: weak_grade, STRONG: strong_grade}
+    rated = "Rated answers: name a fruit."
+    for target, thumbs in ((WEAK, "down"), (STRONG, "up"), (STRONG, "down")):
+        rid = chat(url, rated, model=target).headers["x-request-id"]
+        assert feedback(url, request_id=rid, thumbs=thumbs).status_code == 202
+    expected[rated] = {WEAK: 0.0, STRONG: 0.5}  # the mean of what each target got
+    one_sided = chat(url, "Only the weak one was rated.", model=WEAK).headers["x-request-id"]
+    assert feedback(url, request_id=one_sided, rating=1.0).status_code == 202
+    private = chat(url, "Reply to jane.doe@example.com", model=WEAK).headers["x-request-id"]
+    assert feedback(url, request_id=private, grades={WEAK: 1.0, STRONG: 0.0}).status_code == 202
+    rows(db, "SELECT * FROM feedback", wait_for=11)
+
+    out = tmp_path / "from-log"
+    assert from_log(["--db", str(db), "--config", str(config_path), "--out-dir", str(out),
+                     "--val-fraction", "0.25"]) == 0
+    pair = load_models(out / "models.json")
+    assert (pair.weak, pair.strong) == (WEAK, STRONG)
+    assert json.loads((out / "models.json").read_text())["models"][STRONG]["usd_per_1m_output_tokens"] == 0.05
+    train, val = (load_routing_set(out / f"{name}.jsonl", pair) for name in ("train", "val"))
+    assert train.prompts == list(expected)[:3] and val.prompts == [rated]  # the newest prompt validates
+    for data in (train, val):
+        for prompt, w, s in zip(data.prompts, data.weak, data.strong):
+            assert (w, s) == (expected[prompt][WEAK], expected[prompt][STRONG])
