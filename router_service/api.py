@@ -422,5 +422,19 @@ def router_stats() -> Response:
     breakers = {name: vars(b.snapshot()) for name, b in st.dispatcher.breakers.items()}
     return jsonify({**st.accounting.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,
                     "calibration_quality": quality,
-                    "policies": {name: {"kind": s.settings.KIND, **s.describe()}
-                                 for name, s in st.router.strategies.items()}})
+                    "policies": {name: _policy_stats(st, s) for name, s in st.router.strategies.items()}})
+
+
+def _policy_stats(st: RouterState, strategy: Any) -> dict[str, Any]:
+    """A policy's settings; for a quality target also the strong share it implies on the served
+    version's curve, and what that costs against always strong (at the targets' input + output prices)."""
+    info: dict[str, Any] = {"kind": strategy.settings.KIND, **strategy.describe()}
+    quality = strategy.quality_target
+    if quality is not None:
+        share = st.router.quality_shares.implied(strategy.settings.classifier, quality)
+        info["implied_strong_share"] = None if share is None else round(share, 4)
+        weak, strong = (st.config.target(t) for t in (strategy.targets[0], strategy.strongest))
+        price_weak, price_strong = (t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens for t in (weak, strong))
+        info["implied_cost_vs_always_strong"] = None if share is None or not price_strong else round(
+            (share * price_strong + (1 - share) * price_weak) / price_strong, 4)
+    return info

@@ -31,6 +31,7 @@ from .config import RouterConfig, TargetConfig
 from .config_base import PolicySettings, WindowConfig
 from .generation import GenerationRequest, Message
 from .prompt_rules import PrivacyDetector, compile_rules
+from .quality_target import QualityShares
 from .routing_errors import CannotServe, ModelNotFound
 from .strategies import RoutingStrategy, build_strategy
 from .token_count import TokenCounters
@@ -99,6 +100,7 @@ class Router:
         self._rules = compile_rules(config.rules)
         self._privacy = PrivacyDetector(config.privacy)
         self._counters = counters
+        self.quality_shares = QualityShares(classifiers)
 
     # -- which policy ------------------------------------------------------------------------
     def policy_for(self, request: GenerationRequest) -> PolicySettings | None:
@@ -153,7 +155,11 @@ class Router:
             fail_open = policy.fail_open_target or strategy.strongest
             return Decision((fail_open,), policy.name, "fail_open", degraded=True, private=private,
                             baseline_target=strategy.strongest)
-        pick = strategy.pick(classification, request.router)
+        overrides = request.router
+        if strategy.quality_target is not None and overrides.threshold is None and overrides.strong_share is None:
+            share = self.quality_shares.share(policy.classifier, strategy.quality_target, classification.model_version)
+            overrides = dataclasses.replace(overrides, strong_share=share)
+        pick = strategy.pick(classification, overrides)
         target, reason = pick.target, "classifier"
         low = policy.low_confidence
         if (low is not None and low.action != "score" and classification.confidence is not None

@@ -53,6 +53,9 @@ def test_env_expansion_reaches_validated_fields() -> None:
         (lambda c: c["targets"].append({"name": "ext", "kind": "openai", "model": "m", "context_window": 8}),
          "needs a url"),
         (lambda c: c["targets"][0].update(usd_per_1m_input_tokens=-1), "usd_per_1m_input_tokens"),
+        (lambda c: c["policies"][0].update(quality=0.95), "one of threshold, strong_share and quality"),
+        (lambda c: c["policies"][0].update(strong_share=None, quality=1.2), "quality"),
+        (lambda c: c.update(decision_log={"path": "x.sqlite", "prompts": ["nope"]}), "decision_log.prompts"),
     ],
 )
 def test_invalid_configs_are_rejected(mutate, message: str) -> None:

@@ -286,6 +286,39 @@ def test_calibration_is_served_with_the_model(router_url: str, triton: TritonSer
     assert [c.strong_share for c in ranked] == sorted((c.strong_share for c in ranked), reverse=True)
 
 
+def test_quality_target_routes_by_the_share_the_curve_implies(triton: TritonServer, tmp_path: Path) -> None:
+    """`quality: 0.95`: the strong share where the served version's quality/cost curve reaches 95%
+    of the strong model's quality (computed here independently, on a fine grid)."""
+    import numpy as np
+
+    config = router_config_dict(triton)
+    config["policies"].append({"name": "keep-95", "classifier": "minilm", "weak": "smollm2-135m",
+                               "strong": "gemma3-270m", "quality": 0.95})
+    curve = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30).quality()
+    assert curve is not None
+    xs, ys = [float(k) for k in curve] + [1.0], list(curve.values()) + [1.0]
+    grid = np.linspace(xs[0], 1.0, 100_001)
+    share = float(grid[np.argmax(np.interp(grid, xs, ys) >= 0.95)])
+    with run_router(config, tmp_path) as url:
+        for prompt in PROMPTS:
+            resp = requests.post(url + "/v1/router/route", timeout=30, json={
+                "model": "router:keep-95", "messages": [{"role": "user", "content": prompt}]})
+            assert resp.status_code == 200, resp.text
+            d = resp.json()
+            assert d["strong_share"] == pytest.approx(share, abs=1e-4)
+            assert d["target"] == ("gemma3-270m" if d["score_strong_share"] <= d["strong_share"] else "smollm2-135m")
+        policy = requests.get(url + "/v1/router/stats", timeout=10).json()["policies"]["keep-95"]
+        assert policy["quality"] == 0.95 and policy["implied_strong_share"] == pytest.approx(share, abs=1e-4)
+        # Prices (input + output per 1M): weak 0.04, strong 0.10.
+        assert policy["implied_cost_vs_always_strong"] == pytest.approx((share * 0.10 + (1 - share) * 0.04) / 0.10,
+                                                                         abs=1e-3)
+        # A request's own operating point still wins.
+        forced = requests.post(url + "/v1/router/route", timeout=30, json={
+            "model": "router:keep-95", "messages": [{"role": "user", "content": PROMPTS[0]}],
+            "router": {"strong_share": 1.0}}).json()
+        assert forced["strong_share"] == 1.0 and forced["target"] == "gemma3-270m"
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_strong_share_override_routes_by_calibration(router_url: str, triton: TritonServer, share: float) -> None:
     client = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)

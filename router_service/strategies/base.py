@@ -36,6 +36,12 @@ class RoutingStrategy(ABC, Generic[S]):
         return self.settings.targets
 
     @property
+    def quality_target(self) -> float | None:
+        """The quality (a fraction of the strong model's) the policy asks for instead of a cut;
+        the decision engine turns it into a strong share from the served version's curve."""
+        return None
+
+    @property
     def strongest(self) -> str:
         """The always-strong baseline that savings are measured against."""
         return self.settings.targets[-1]

@@ -24,11 +24,14 @@ class ThresholdSettings(PolicySettings):
     strong: str
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     strong_share: float | None = Field(None, ge=0.0, le=1.0)
+    # The quality to keep, as a fraction of the strong model's (the served version's quality/cost
+    # curve says which strong share reaches it).
+    quality: float | None = Field(None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _one_cut(self) -> "ThresholdSettings":
-        if self.threshold is not None and self.strong_share is not None:
-            raise ValueError(f"policy {self.name!r}: give threshold or strong_share, not both")
+        if sum(v is not None for v in (self.threshold, self.strong_share, self.quality)) > 1:
+            raise ValueError(f"policy {self.name!r}: give one of threshold, strong_share and quality")
         return self
 
     def target_roles(self) -> list[tuple[str, str]]:
@@ -61,6 +64,11 @@ class ThresholdStrategy(RoutingStrategy[ThresholdSettings]):
             (DEFAULT_THRESHOLD if s.threshold is None else s.threshold)
         return Pick(s.strong if classification.score >= threshold else s.weak, threshold=threshold)
 
+    @property
+    def quality_target(self) -> float | None:
+        return self.settings.quality
+
     def describe(self) -> dict[str, Any]:
         s = self.settings
-        return {"weak": s.weak, "strong": s.strong, "threshold": s.threshold, "strong_share": s.strong_share}
+        return {"weak": s.weak, "strong": s.strong, "threshold": s.threshold, "strong_share": s.strong_share,
+                "quality": s.quality}
