@@ -58,6 +58,9 @@ def playground_config(triton: TritonServer, **overrides: object) -> dict:
     # A second policy that cuts by a raw score: the page marks its operating point through the calibration.
     config["policies"].append({"name": "by-score", "classifier": "minilm", "weak": WEAK, "strong": STRONG,
                                "threshold": 0.6})
+    # And one that keeps a quality target: its share comes from the same curve.
+    config["policies"].append({"name": "keep-95", "classifier": "minilm", "weak": WEAK, "strong": STRONG,
+                               "quality": 0.95})
     return config
 
 
@@ -333,6 +336,13 @@ def test_quality_curve_marks_the_policy_operating_point(browser: WebDriver, url:
     wait(browser, lambda: f"{share * 100:.0f}% of traffic strong → about {interpolate(curve, share) * 100:.1f}%"
          in browser.find_element(By.ID, "operating-point").text, message="the threshold policy's operating point")
     assert "strong if score ≥ 0.6" in browser.find_element(By.ID, "policy-info").text
+
+    # A quality target: the share the router derives from the curve (the stats say which).
+    Select(browser.find_element(By.ID, "policy")).select_by_value("router:keep-95")
+    implied = stats(url)["policies"]["keep-95"]["implied_strong_share"]
+    wait(browser, lambda: f"{implied * 100:.0f}% of traffic strong → about {interpolate(curve, implied) * 100:.1f}%"
+         in browser.find_element(By.ID, "operating-point").text, message="the quality target's operating point")
+    assert "keep 95% of the strong model's quality" in browser.find_element(By.ID, "policy-info").text
 
 
 # --- behind keys -----------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ function policyChanged() {
   if (!byShare) $("#share-override").checked = false;
   $("#share").disabled = !$("#share-override").checked;
   const setting = p.strong_share != null ? `top ${pct(p.strong_share)} strong` :
+    p.quality != null ? `keep ${pct(p.quality)} of the strong model's quality` :
     p.threshold != null ? `strong if score ≥ ${p.threshold}` : p.tiers ? `${p.tiers.length} tiers` : "";
   $("#policy-info").textContent = `${p.targets.join(" → ")}${setting ? "; " + setting : ""}; classifier ${p.classifier}`;
   if (!$("#share-override").checked) {
@@ -356,6 +357,10 @@ function operatingShare() {
   if (!p) return null;
   if ($("#share-override").checked) return Number($("#share").value) / 100;
   if (p.strong_share != null) return p.strong_share;
+  if (p.quality != null) { // a quality target: the share the router derives from the curve
+    const info = page.stats && page.stats.policies[p.policy];
+    return info ? info.implied_strong_share : null;
+  }
   if (p.policy_kind !== "threshold") return null;
   const thresholds = curveOf(classifierData("calibration")); // share -> score, decreasing
   if (!thresholds.length) return null;
