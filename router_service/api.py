@@ -28,6 +28,7 @@ from .generation import GenerationRequest, Usage
 from .policy import POLICY_MODEL, Decision, Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
+from .shadow import Shadows
 from .store import Store
 from .targets import TargetError
 
@@ -47,6 +48,7 @@ class RouterState:
     gate: Gate
     store: Store | None = None
     decision_log: DecisionLog | None = None
+    shadows: Shadows | None = None
 
 
 def state() -> RouterState:
@@ -120,6 +122,11 @@ def _record(st: RouterState, ex: Exchange, status: int) -> None:
         _count(st.metrics, ex, status, total_s)
         if st.decision_log is not None and ex.decision is not None:
             st.decision_log.record(_decision_row(st.decision_log, ex, status, total_s))
+        decision, req = ex.decision, ex.generation
+        if (st.shadows is not None and status == 200 and decision is not None and decision.policy is not None
+                and ex.served is not None and ex.answer is not None and req is not None):
+            st.shadows.consider(req, decision, ex.served.target, ex.answer,
+                                st.router.strategies[decision.policy].settings)
     if st.request_log.enabled:
         _log_request(st.request_log, ex, status, total_s)
 
@@ -366,7 +373,7 @@ def feedback() -> tuple[Response, int]:
     row = FeedbackRow(request_id=body.request_id, time=time.time(), key_id=key_id, rating=body.score,
                       grades=None if body.grades is None else json.dumps(body.grades, sort_keys=True),
                       comment=body.comment)
-    if not st.decision_log.feedback(row):
+    if not st.decision_log.add(row):
         raise APIError(503, "The decision log is behind; send the feedback again shortly.", type="server_error",
                        code="decision_log_busy", headers={"Retry-After": "1"})
     return jsonify({"object": "router.feedback", "request_id": body.request_id, "rating": body.score,

@@ -28,6 +28,7 @@ from .policy import Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .shared_breaker import SharedBreaker
+from .shadow import Shadows
 from .shared_stats import SharedStats
 from .stats import Stats
 from .store import Store
@@ -77,7 +78,8 @@ def create_app(config: RouterConfig | None = None) -> Flask:
     app.extensions["router"] = RouterState(
         config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
         accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()),
-        request_log=request_log, metrics=metrics, gate=gate, store=store, decision_log=decision_log)
+        request_log=request_log, metrics=metrics, gate=gate, store=store, decision_log=decision_log,
+        shadows=Shadows(config, dispatcher, decision_log, metrics))
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

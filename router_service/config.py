@@ -265,6 +265,8 @@ class RouterConfig(StrictModel):
                     raise ValueError(f"policy {policy.name!r}: unknown {role} target {name!r}")
             policy.check_prices({t.name: t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens
                                  for t in self.targets})
+            if policy.shadow is not None and policy.shadow.judge is not None and policy.shadow.judge not in targets:
+                raise ValueError(f"policy {policy.name!r}: unknown shadow judge target {policy.shadow.judge!r}")
         for name in self.decision_log.prompts:
             if name not in policies | {"manual"}:
                 raise ValueError(f"decision_log.prompts: unknown policy {name!r}")

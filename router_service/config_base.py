@@ -36,6 +36,17 @@ class LowConfidence(StrictModel):
     prior_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class ShadowConfig(StrictModel):
+    """Shadow comparisons (shadow.py): for ``share`` of the policy's answered requests, the other
+    end of the policy (its strongest target, or its cheapest when the strongest answered) answers
+    the same request in the background, and ``judge`` (a target) grades the two answers."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0)
+    judge: str | None = None
+    max_per_minute: int = Field(60, ge=0)  # per router process
+    budget_usd_per_day: float | None = Field(None, ge=0.0)  # shadow and judge calls, per router process
+
+
 class PolicySettings(StrictModel):
     """What every policy has; each strategy subclasses it with its own fields and ``kind``."""
 
@@ -48,6 +59,8 @@ class PolicySettings(StrictModel):
     fail_open_target: str | None = None
     # Unset: low-confidence prompts are routed by their score like any other.
     low_confidence: LowConfidence | None = None
+    # Unset (or share 0): no shadow comparisons.
+    shadow: ShadowConfig | None = None
 
     @property
     def targets(self) -> list[str]:

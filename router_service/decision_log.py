@@ -27,6 +27,10 @@ CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT NOT NULL, time REAL NOT NULL, key_id TEXT, rating REAL, grades TEXT, comment TEXT);
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+CREATE TABLE IF NOT EXISTS shadows (
+    request_id TEXT NOT NULL, time REAL NOT NULL, policy TEXT, target TEXT, answer TEXT, cost_usd REAL,
+    judge TEXT, verdict TEXT, judge_cost_usd REAL);
+CREATE INDEX IF NOT EXISTS shadows_request ON shadows (request_id);
 """
 _BATCH = 500
 _PURGE_EVERY_S = 3600.0
@@ -64,6 +68,21 @@ class FeedbackRow:
     comment: str | None
 
 
+@dataclass(frozen=True)
+class ShadowRow:
+    """The other target's answer to a logged request (shadow.py), and the judge's verdict."""
+
+    request_id: str
+    time: float
+    policy: str
+    target: str
+    answer: str | None  # only where the policy's text is kept
+    cost_usd: float
+    judge: str | None
+    verdict: str | None  # which answer the judge preferred: "served", "shadow", "tie", or None (no verdict)
+    judge_cost_usd: float | None
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -79,7 +98,7 @@ class DecisionLog:
         Path(config.path).parent.mkdir(parents=True, exist_ok=True)
         with _connect(config.path) as conn:
             conn.executescript(_SCHEMA)
-        self._queue: queue.Queue[DecisionRow | FeedbackRow] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[DecisionRow | FeedbackRow | ShadowRow] = queue.Queue(maxsize=config.queue_size)
         self._on_write, self._on_drop = on_write, on_drop
         # Request ids queued, not yet written (feedback may name them already) -> their key id.
         self._pending: dict[str, str | None] = {}
@@ -112,8 +131,8 @@ class DecisionLog:
         found = conn.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
         return (found is not None, None if found is None else found[0])
 
-    def feedback(self, row: FeedbackRow) -> bool:
-        """Queue a feedback row; False when the queue is full (the caller answers 503)."""
+    def add(self, row: FeedbackRow | ShadowRow) -> bool:
+        """Queue a feedback or shadow row; False when the queue is full (dropped, counted)."""
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -146,9 +165,10 @@ class DecisionLog:
                     break
             self._write(conn, batch)
 
-    def _write(self, conn: sqlite3.Connection, batch: list[DecisionRow | FeedbackRow]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[DecisionRow | FeedbackRow | ShadowRow]) -> None:
         decisions = [asdict(r) for r in batch if isinstance(r, DecisionRow)]
         feedback = [asdict(r) for r in batch if isinstance(r, FeedbackRow)]
+        shadows = [asdict(r) for r in batch if isinstance(r, ShadowRow)]
         while True:
             try:
                 with conn:  # one transaction per batch
@@ -159,6 +179,9 @@ class DecisionLog:
                     if feedback:
                         conn.executemany("INSERT INTO feedback VALUES (:request_id, :time, :key_id, :rating, :grades, "
                                          ":comment)", feedback)
+                    if shadows:
+                        conn.executemany("INSERT INTO shadows VALUES (:request_id, :time, :policy, :target, :answer, "
+                                         ":cost_usd, :judge, :verdict, :judge_cost_usd)", shadows)
                 break
             except sqlite3.OperationalError:  # locked for longer than the busy timeout: keep the batch, retry
                 time.sleep(0.5)
@@ -173,8 +196,9 @@ class DecisionLog:
         cutoff = time.time() - self.config.retention_days * 86400
         try:
             with conn:
-                conn.execute("DELETE FROM feedback WHERE request_id IN "
-                             "(SELECT request_id FROM decisions WHERE time < ?)", (cutoff,))
+                for table in ("feedback", "shadows"):
+                    conn.execute(f"DELETE FROM {table} WHERE request_id IN "
+                                 "(SELECT request_id FROM decisions WHERE time < ?)", (cutoff,))
                 conn.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))
         except sqlite3.OperationalError:
             pass  # locked: the next purge will do it

@@ -25,6 +25,9 @@ STATUS_CLASSES = ("2xx", "4xx", "5xx")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+SHADOW_OUTCOMES = ("done", "unjudged", "failed", "rate_limited", "over_budget", "busy", "private")
+
+
 class RouterMetrics:
     def __init__(self, policies: Sequence[PolicySettings] = (),
                  fallbacks: Mapping[str, Sequence[str]] | None = None) -> None:
@@ -69,6 +72,11 @@ class RouterMetrics:
                                     ["outcome"], registry=r)
         for outcome in ("written", "dropped"):
             self.decision_log.labels(outcome)
+        self.shadows = Counter("router_shadow_comparisons", "Shadow comparisons by policy and outcome: done, "
+                               "unjudged, failed, or skipped (rate_limited, over_budget, busy, private)",
+                               ["policy", "outcome"], registry=r)
+        self.shadow_cost = Counter("router_shadow_cost_usd", "Cost of shadow and judge calls in USD",
+                                   ["policy", "target"], registry=r)
         self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r,
                                multiprocess_mode="livesum")
         self.breaker = Gauge("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, "
@@ -111,6 +119,11 @@ class RouterMetrics:
             self.low_confidence.labels(p.name)
             for target in p.targets:
                 self.cost.labels(p.name, target)
+            if p.shadow is not None and p.shadow.share > 0:
+                for outcome in SHADOW_OUTCOMES:
+                    self.shadows.labels(p.name, outcome)
+                for target in {*p.targets, *([p.shadow.judge] if p.shadow.judge else [])}:
+                    self.shadow_cost.labels(p.name, target)
 
     def watch_breakers(self, states: Callable[[], dict[str, str]]) -> None:
         """Where the breaker states come from (the dispatcher, built after the metrics)."""
