@@ -8,6 +8,7 @@ never for a prompt the privacy rule matched. Rows older than ``retention_days`` 
 writer, at start and hourly. Several gunicorn workers may share one file (WAL mode)."""
 from __future__ import annotations
 
+import atexit
 import queue
 import sqlite3
 import threading
@@ -106,6 +107,7 @@ class DecisionLog:
         self._reader = threading.local()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
+        atexit.register(self.flush, 5.0)  # a worker that stops writes what it still holds
 
     def keeps_text(self, policy: str | None, private: bool) -> bool:
         return (policy or "manual") in self.keeps_prompts and not private
