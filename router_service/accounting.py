@@ -12,6 +12,15 @@ from .stats import StatsSink
 from .token_count import TokenCounters
 
 
+def blended_cost_ratio(weak: TargetConfig, strong: TargetConfig, strong_share: float) -> float | None:
+    """What sending ``strong_share`` of the traffic strong costs against sending all of it strong,
+    at the targets' input + output prices (None when the strong target is free)."""
+    price_weak, price_strong = (t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens for t in (weak, strong))
+    if not price_strong:
+        return None
+    return (strong_share * price_strong + (1 - strong_share) * price_weak) / price_strong
+
+
 def cost_usd(target: TargetConfig, usage: Usage) -> float:
     return (usage.prompt_tokens * target.usd_per_1m_input_tokens
             + usage.completion_tokens * target.usd_per_1m_output_tokens) / 1_000_000

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 
 from . import openai_format as fmt
 from .access import AccessError, Gate, Grant
-from .accounting import Accounting, Receipt
+from .accounting import Accounting, Receipt, blended_cost_ratio
 from .api_models import ChatCompletionRequest, CompletionRequest, FeedbackRequest, parse_body, parse_json
 from .config import RouterConfig
 from .decision_log import DecisionLog, DecisionRow, FeedbackRow
@@ -30,6 +30,7 @@ from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .shadow import Shadows
 from .store import Store
+from .strategies import RoutingStrategy
 from .targets import TargetError
 
 bp = Blueprint("openai_api", __name__)
@@ -432,16 +433,15 @@ def router_stats() -> Response:
                     "policies": {name: _policy_stats(st, s) for name, s in st.router.strategies.items()}})
 
 
-def _policy_stats(st: RouterState, strategy: Any) -> dict[str, Any]:
+def _policy_stats(st: RouterState, strategy: RoutingStrategy[Any]) -> dict[str, Any]:
     """A policy's settings; for a quality target also the strong share it implies on the served
-    version's curve, and what that costs against always strong (at the targets' input + output prices)."""
+    version's curve, and what that costs against always strong."""
     info: dict[str, Any] = {"kind": strategy.settings.KIND, **strategy.describe()}
     quality = strategy.quality_target
     if quality is not None:
         share = st.router.quality_shares.implied(strategy.settings.classifier, quality)
+        ratio = None if share is None else blended_cost_ratio(
+            st.config.target(strategy.targets[0]), st.config.target(strategy.strongest), share)
         info["implied_strong_share"] = None if share is None else round(share, 4)
-        weak, strong = (st.config.target(t) for t in (strategy.targets[0], strategy.strongest))
-        price_weak, price_strong = (t.usd_per_1m_input_tokens + t.usd_per_1m_output_tokens for t in (weak, strong))
-        info["implied_cost_vs_always_strong"] = None if share is None or not price_strong else round(
-            (share * price_strong + (1 - share) * price_weak) / price_strong, 4)
+        info["implied_cost_vs_always_strong"] = None if ratio is None else round(ratio, 4)
     return info
