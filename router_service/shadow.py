@@ -129,6 +129,7 @@ class Shadows:
     # --- in the pool ------------------------------------------------------------------------
     def _run(self, job: ShadowJob) -> None:
         policy, request_id = job.policy, job.request.request_id or ""
+        judge = policy.shadow.judge if policy.shadow is not None else None
         try:
             other = policy.targets[0] if job.served == policy.targets[-1] else policy.targets[-1]
             shadow_request = dataclasses.replace(job.request, model=other, stream=False, include_usage=False,
@@ -136,19 +137,20 @@ class Shadows:
             completion, _ = self._dispatcher.complete((other,), shadow_request)
             cost = self._charge(policy.name, other, cost_usd(self._config.target(other), completion.usage))
             verdict, judge_cost = None, None
-            if policy.shadow is not None and policy.shadow.judge is not None:
-                verdict, judge_cost = self._judge(job, policy.shadow.judge, other, completion.text)
+            if judge:
+                try:
+                    verdict, judge_cost = self._judge(job, judge, other, completion.text)
+                except TargetError:  # the judge failed: the other answer is still worth keeping
+                    pass
             if self._log is not None:
                 self._log.add(ShadowRow(request_id, time.time(), policy.name, other,
-                                        completion.text if job.keep_text else None, cost,
-                                        None if policy.shadow is None else policy.shadow.judge, verdict, judge_cost))
-                if verdict is not None:
+                                        completion.text if job.keep_text else None, cost, judge, verdict, judge_cost))
+                if verdict is not None:  # the verdict as grades, the way a person's comparison is logged
                     grades = {job.served: 0.5, other: 0.5} if verdict == "tie" else \
                         {job.served: float(verdict == "served"), other: float(verdict == "shadow")}
                     self._log.add(FeedbackRow(request_id, time.time(), None, None, json.dumps(grades, sort_keys=True),
-                                              f"judge:{policy.shadow.judge if policy.shadow else ''}"))
-            self._metrics.shadows.labels(policy.name, "done" if verdict is not None or policy.shadow is None
-                                         or policy.shadow.judge is None else "unjudged").inc()
+                                              f"judge:{judge}"))
+            self._metrics.shadows.labels(policy.name, "unjudged" if judge and verdict is None else "done").inc()
         except TargetError:
             self._metrics.shadows.labels(policy.name, "failed").inc()
         finally:
