@@ -839,3 +839,27 @@ def test_router_reads_the_master_key_and_the_store_from_the_release(helm: str) -
     # The chart's config reads both from the environment, as config/router.yaml does.
     config = yaml.safe_load(_config_text(render()))
     assert config["auth"] == {"master_key": "${ROUTER_MASTER_KEY:-}"} and config["store"] == {"url": "${ROUTER_STORE_URL:-}"}
+
+
+def test_decision_log_volume(helm: str) -> None:
+    """Off by default; on, the router gets ROUTER_DECISION_LOG on a volume of its own (its root
+    filesystem is read-only), an emptyDir or an existing claim."""
+    def router_pod(*args: str) -> dict:
+        return one(render(None, *args), "Deployment", "router")["spec"]["template"]["spec"]
+
+    pod = router_pod()
+    assert "ROUTER_DECISION_LOG" not in {e["name"] for e in pod["containers"][0]["env"]}
+    assert "decision-log" not in {v["name"] for v in pod["volumes"]}
+    for args, source in ((("--set", "router.decisionLog.enabled=true"), {"emptyDir": {"sizeLimit": "1Gi"}}),
+                         (("--set", "router.decisionLog.enabled=true", "--set", "router.decisionLog.existingClaim=logs"),
+                          {"persistentVolumeClaim": {"claimName": "logs"}})):
+        pod = router_pod(*args)
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "decision-log")
+        assert env["ROUTER_DECISION_LOG"] == mount["mountPath"] + "/decisions.sqlite"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True  # hence the volume
+        volume = next(v for v in pod["volumes"] if v["name"] == "decision-log")
+        assert {k: v for k, v in volume.items() if k != "name"} == source
+    # The chart's config reads the path from that variable, as config/router.yaml does.
+    assert yaml.safe_load(_config_text(render()))["decision_log"] == {"path": "${ROUTER_DECISION_LOG:-}"}
