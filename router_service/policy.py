@@ -73,6 +73,11 @@ class Decision:
         return self.reason.startswith("low_confidence")
 
 
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key``: a sampling decision that repeats for the same key."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2 ** 64
+
+
 def window_text(messages: tuple[Message, ...], window: WindowConfig) -> str:
     """The conversation text the classifier reads: the last N user turns (and the turns between
     them), optionally the system prompt, cut to max_chars keeping the most recent text."""
@@ -177,8 +182,7 @@ class Router:
             return strategy.targets[0]
         if action == "prior":
             # A hash, not a random draw: a retried or repeated prompt goes the same way.
-            u = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") / 2 ** 64
-            return strategy.strongest if u < prior_share else strategy.targets[0]
+            return strategy.strongest if stable_fraction(text) < prior_share else strategy.targets[0]
         return strategy.strongest
 
     # -- constraints -------------------------------------------------------------------------

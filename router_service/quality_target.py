@@ -41,11 +41,8 @@ class QualityShares:
         return share_for(cached[1], quality)
 
     def implied(self, classifier: str, quality: float) -> float | None:
-        """The share the last seen curve implies (for the stats), or None before any."""
+        """The share the last seen curve implies (for the stats); before any, the served version's
+        curve; None when it has none."""
         cached = self._curves.get(classifier)
-        if cached is None:
-            curve = self._classifiers[classifier].quality()
-            if curve is None:
-                return None
-            return share_for(curve, quality)
-        return share_for(cached[1], quality)
+        curve = cached[1] if cached is not None else self._classifiers[classifier].quality()
+        return None if curve is None else share_for(curve, quality)

@@ -12,7 +12,6 @@ be external)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import threading
@@ -27,7 +26,7 @@ from .decision_log import DecisionLog, FeedbackRow, ShadowRow
 from .dispatch import Dispatcher
 from .generation import GenerationRequest, Message
 from .metrics import RouterMetrics
-from .policy import Decision, window_text
+from .policy import Decision, stable_fraction, window_text
 from .targets import TargetError
 
 JUDGE_PROMPT = """You compare two answers to the same request.
@@ -53,11 +52,6 @@ class ShadowJob:
     served: str  # the target that answered the user
     answer: str
     keep_text: bool  # the decision log keeps this policy's text
-
-
-def _fraction(request_id: str, salt: str) -> float:
-    """A stable number in [0, 1) per request: sampling and answer order repeat for a request id."""
-    return int.from_bytes(hashlib.blake2b(f"{salt}:{request_id}".encode(), digest_size=8).digest(), "big") / 2 ** 64
 
 
 _NAMED = re.compile(r"\b(?i:answer|is)\s+([AB])\b")  # the letter itself must be a capital
@@ -114,7 +108,7 @@ class Shadows:
         shadow = policy.shadow
         if shadow is None or shadow.share <= 0 or request.request_id is None:
             return
-        if _fraction(request.request_id, "shadow") >= shadow.share:
+        if stable_fraction(f"shadow:{request.request_id}") >= shadow.share:
             return
         outcome = "private" if decision.private is not None else \
             self._allowance.take(policy.name, shadow.max_per_minute, shadow.budget_usd_per_day)
@@ -164,7 +158,7 @@ class Shadows:
     def _judge(self, job: ShadowJob, judge: str, other: str, other_answer: str) -> tuple[str | None, float]:
         """("served" | "shadow" | "tie" | None, the judge call's cost). The answers' order is
         drawn per request (a stable hash), so a judge's preference for A or B averages out."""
-        served_first = _fraction(job.request.request_id or "", "order") < 0.5
+        served_first = stable_fraction(f"order:{job.request.request_id or ''}") < 0.5
         a, b = (job.answer, other_answer) if served_first else (other_answer, job.answer)
         question = window_text(job.request.messages, job.policy.window)
         prompt = JUDGE_PROMPT.format(question=question, a=a, b=b)
