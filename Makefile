@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all run export export-from-log release eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,23 @@ run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router
 
 export: $(STAMP_ALL) ## Train the router model (kNN vote + prompt length on MMLU and LLMRouter data, 10–15 min on 2 cores), export to ONNX (fp32 + int8), write a new version
 	$(PY) -m export --data-dir $(ROUTING_DATA) --model-repository $(MODEL_REPOSITORY) $(EXPORT_ARGS)
+
+# Train on your own traffic (README): the decision log's graded prompts as routing data, split by
+# time, then a new version trained on them; MIX adds training files (e.g. the shipped
+# $(ROUTING_DATA)/mmlu-train.jsonl, scored with its own models.json). The new version serves only
+# once promoted: python -m export.promote.
+LOG_DB ?= .eval/decisions.sqlite
+FROM_LOG ?= .eval/from-log
+MIX ?=
+export-from-log: $(STAMP_ALL) ## Routing data from the decision log (LOG_DB) and a new router version trained on it (MIX= more training files)
+	$(PY) -m export.from_log --db $(LOG_DB) --config $(CONFIG) --out-dir $(FROM_LOG)
+	$(PY) -m export --train $(FROM_LOG)/train.jsonl --val $(FROM_LOG)/val.jsonl --models-json $(FROM_LOG)/models.json \
+		--model-repository $(MODEL_REPOSITORY) $(if $(MIX),--extra-train $(MIX)) $(EXPORT_ARGS)
+
+RELEASE ?= status
+release: $(STAMP_BASE) ## The router-model release: RELEASE="status | shadow N | canary N --share 0.1 | report --data DIR | promote --data DIR | rollback | abort"
+	ROUTER_STORE_URL=$${ROUTER_STORE_URL:-redis://127.0.0.1:$${VALKEY_PORT:-6379}/0} \
+	ROUTER_DECISION_LOG=$${ROUTER_DECISION_LOG:-$(LOG_DB)} $(PY) -m export.promote --config $(CONFIG) $(RELEASE)
 
 DATA ?= $(ROUTING_DATA)/mmlu-val.jsonl
 SCORES ?= .eval/scores.jsonl

@@ -84,10 +84,15 @@ def load_routing_set(path: Path, models: ModelPair, limit: int | None = None) ->
 
 def models_file_for(path: Path, default: Path) -> Path:
     """The models file of a routing file: ``<prefix>-models.json`` beside ``<prefix>-train.jsonl``
-    (or ``-val``, ``-ood``), as the shipped LLMRouter and ZeroEval files have; else ``default``."""
+    (or ``-val``, ``-ood``), as the shipped LLMRouter and ZeroEval files have; else a
+    ``models.json`` beside it (the shipped MMLU files, mixed into another directory's data); else
+    ``default``."""
     prefix = path.name.split("-")[0]
     candidate = path.with_name(f"{prefix}-models.json")
-    return candidate if prefix != path.name and candidate.is_file() else default
+    if prefix != path.name and candidate.is_file():
+        return candidate
+    beside = path.with_name("models.json")
+    return beside if beside.is_file() else default
 
 
 def combine(sets: list[RoutingSet]) -> RoutingSet:

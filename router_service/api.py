@@ -29,6 +29,7 @@ from .policy import POLICY_MODEL, Decision, Router
 from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .shadow import Shadows
+from .trials import Trials
 from .store import Store
 from .strategies import RoutingStrategy
 from .targets import TargetError
@@ -50,6 +51,7 @@ class RouterState:
     store: Store | None = None
     decision_log: DecisionLog | None = None
     shadows: Shadows | None = None
+    trials: Trials | None = None
 
 
 def state() -> RouterState:
@@ -128,6 +130,8 @@ def _record(st: RouterState, ex: Exchange, status: int) -> None:
                 and ex.served is not None and ex.answer is not None and req is not None):
             st.shadows.consider(req, decision, ex.served.target, ex.answer,
                                 st.router.strategies[decision.policy].settings)
+        if st.trials is not None and decision is not None and decision.trial_version is not None and req is not None:
+            st.trials.consider(req, decision, st.router.strategies[decision.policy or ""].settings)
     if st.request_log.enabled:
         _log_request(st.request_log, ex, status, total_s)
 
@@ -180,6 +184,9 @@ def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
             m.low_confidence.labels(policy).inc()
         if decision.model_version is not None:
             m.set_model_version(decision.model_version)
+            if decision.policy is not None:
+                m.version_decisions.labels(policy, decision.model_version,
+                                           str(decision.target == decision.baseline_target).lower()).inc()
     if served is not None and served.fell_back:
         m.fallbacks.labels(served.attempts[0], served.target).inc()
     if receipt is not None:
@@ -227,6 +234,8 @@ def _routing_headers(decision: Decision, served: Served, overhead_s: float) -> d
         headers["x-router-score"] = f"{decision.score:.6f}"
     if decision.confidence is not None:
         headers["x-router-confidence"] = f"{decision.confidence:.4f}"
+    if decision.model_version is not None:
+        headers["x-router-model-version"] = decision.model_version
     if decision.degraded:
         headers["x-router-degraded"] = "true"
     if served.fell_back:
@@ -425,11 +434,13 @@ def metrics() -> Response:
 def router_stats() -> Response:
     st = state()
     st.gate.identify(request.headers.get("Authorization"))
-    calibration = {name: client.calibration() for name, client in st.router.classifiers.items()}
-    quality = {name: client.quality() for name, client in st.router.classifiers.items()}
+    releases = st.router.releases.describe()
+    serving = {name: str(r["serving"]) or None for name, r in releases.items()}
+    calibration = {name: client.calibration(serving[name]) for name, client in st.router.classifiers.items()}
+    quality = {name: client.quality(serving[name]) for name, client in st.router.classifiers.items()}
     breakers = {name: vars(b.snapshot()) for name, b in st.dispatcher.breakers.items()}
     return jsonify({**st.accounting.stats.snapshot(), "circuit_breakers": breakers, "calibration": calibration,
-                    "calibration_quality": quality,
+                    "calibration_quality": quality, "releases": releases,
                     "policies": {name: _policy_stats(st, s) for name, s in st.router.strategies.items()}})
 
 
@@ -439,7 +450,9 @@ def _policy_stats(st: RouterState, strategy: RoutingStrategy[Any]) -> dict[str, 
     info: dict[str, Any] = {"kind": strategy.settings.KIND, **strategy.describe()}
     quality = strategy.quality_target
     if quality is not None:
-        share = st.router.quality_shares.implied(strategy.settings.classifier, quality)
+        classifier = strategy.settings.classifier
+        share = st.router.quality_shares.implied(classifier, quality,
+                                                 st.router.releases.current(classifier).serving or None)
         ratio = None if share is None else blended_cost_ratio(
             st.config.target(strategy.targets[0]), st.config.target(strategy.strongest), share)
         info["implied_strong_share"] = None if share is None else round(share, 4)

@@ -1,6 +1,7 @@
 """Flask app factory: builds the config, clients and routes; no module-level state."""
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask
@@ -25,6 +26,7 @@ from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .playground import bp as playground_bp
 from .policy import Router
+from .release import ReleaseBook
 from .metrics import RouterMetrics
 from .request_log import RequestLog
 from .shared_breaker import SharedBreaker
@@ -34,8 +36,10 @@ from .stats import Stats
 from .store import Store
 from .targets import build_targets
 from .token_count import TokenCounters
+from .trials import Trials
 
 DEFAULT_CONFIG = "config/router.yaml"
+_log = logging.getLogger(__name__)
 
 
 def _classifier(config: RouterConfig, c: ClassifierConfig, metrics: RouterMetrics) -> Classifier:
@@ -75,11 +79,15 @@ def create_app(config: RouterConfig | None = None) -> Flask:
         logged = metrics.decision_log
         decision_log = DecisionLog(config.decision_log, on_write=logged.labels("written").inc,
                                    on_drop=logged.labels("dropped").inc)
+    releases = ReleaseBook(store, config.classifiers)
+    if store is None and any(c.guarded for c in config.classifiers):
+        _log.warning("classifiers[].guarded needs the store (store.url): new model versions serve as soon as "
+                     "Triton loads them")
     app.extensions["router"] = RouterState(
-        config=config, router=Router(config, classifiers, counters), dispatcher=dispatcher,
+        config=config, router=Router(config, classifiers, counters, releases), dispatcher=dispatcher,
         accounting=Accounting(config, counters, SharedStats(store) if store is not None else Stats()),
         request_log=request_log, metrics=metrics, gate=gate, store=store, decision_log=decision_log,
-        shadows=Shadows(config, dispatcher, decision_log, metrics))
+        shadows=Shadows(config, dispatcher, decision_log, metrics), trials=Trials(classifiers, decision_log, metrics))
     register_error_handlers(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)

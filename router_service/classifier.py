@@ -23,18 +23,20 @@ class Classification:
 
 
 class Classifier(Protocol):
-    def classify(self, texts: Sequence[str], request_id: str = "") -> list[Classification]:
+    def classify(self, texts: Sequence[str], request_id: str = "", version: str | None = None
+                 ) -> list[Classification]:
         """One classification per text, in order; raises ClassifierUnavailable. The request id
-        travels with the call (Triton's logs and traces name it)."""
+        travels with the call (Triton's logs and traces name it). ``version``: the model version
+        to ask (release.py); None: the configured one."""
         ...
 
-    def calibration(self) -> dict[str, float] | None:
+    def calibration(self, version: str | None = None) -> dict[str, float] | None:
         """Score thresholds by strong share ("0.1" -> score), or None without a calibration."""
         ...
 
-    def quality(self) -> dict[str, float] | None:
-        """The served version's quality/cost curve: quality (a fraction of the strong model's) by
-        strong share ("0.1" -> 0.93), or None when the version does not carry one."""
+    def quality(self, version: str | None = None) -> dict[str, float] | None:
+        """A version's quality/cost curve: quality (a fraction of the strong model's) by strong
+        share ("0.1" -> 0.93), or None when the version does not carry one."""
         ...
 
     def is_ready(self) -> bool: ...

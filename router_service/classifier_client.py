@@ -57,24 +57,26 @@ class ClassifierClient:
         return True
 
     def _infer(self, texts: Sequence[str], outputs: list[grpcclient.InferRequestedOutput],  # noqa: ANN202
-               request_id: str = ""):
+               request_id: str = "", version: str | None = None):
         batch = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
         inp = grpcclient.InferInput(self.INPUT, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch)
-        return self._client.infer(self.model, [inp], model_version=self.version, outputs=outputs,
-                                  request_id=request_id, client_timeout=self.timeout_s)
+        return self._client.infer(self.model, [inp], model_version=self.version if version is None else version,
+                                  outputs=outputs, request_id=request_id, client_timeout=self.timeout_s)
 
-    def classify(self, texts: Sequence[str], request_id: str = "") -> list[Classification]:
+    def classify(self, texts: Sequence[str], request_id: str = "", version: str | None = None) -> list[Classification]:
+        """``version``: the model version to ask (a release's serving or candidate one); None: the
+        configured one."""
         try:
             outputs = self._requested_outputs()
             try:
-                result = self._infer(texts, outputs, request_id)
+                result = self._infer(texts, outputs, request_id, version)
             except InferenceServerException as exc:
                 if "unknown outputs" not in str(exc.message()) or not self._drop_newer_outputs(outputs):
                     raise
                 # A version exported before `confidence` existed, served with today's config.pbtxt
                 # (e.g. mid-upgrade): ask it for what its model.py knows.
-                result = self._infer(texts, self._requested_outputs(), request_id)
+                result = self._infer(texts, self._requested_outputs(), request_id, version)
         except InferenceServerException as exc:
             self._outputs = None  # the model may have been reloaded with other outputs
             raise ClassifierUnavailable(f"classifier {self.model!r} failed: {exc.message()}") from exc
@@ -94,17 +96,17 @@ class ClassifierClient:
             return [None] * n
         return [None if np.isnan(v) else float(v) for v in values.reshape(-1)]
 
-    def score(self, texts: Sequence[str]) -> list[float]:
+    def score(self, texts: Sequence[str], version: str | None = None) -> list[float]:
         """Scores in [0, 1], one per text, in order."""
-        return [c.score for c in self.classify(texts)]
+        return [c.score for c in self.classify(texts, version=version)]
 
-    def calibration(self) -> dict[str, float] | None:
-        """The served version's score threshold per strong share ("0.1" -> score), if it has a calibration."""
+    def calibration(self, version: str | None = None) -> dict[str, float] | None:
+        """The version's score threshold per strong share ("0.1" -> score), if it has a calibration."""
         try:
             if self.SHARE not in {o.name() for o in self._requested_outputs()}:
                 return None
             result = self._infer([""], [grpcclient.InferRequestedOutput(n)
-                                        for n in (self.CALIBRATION, self.CALIBRATION_SHARES)])
+                                        for n in (self.CALIBRATION, self.CALIBRATION_SHARES)], version=version)
         except InferenceServerException:
             return None
         values, shares = result.as_numpy(self.CALIBRATION), result.as_numpy(self.CALIBRATION_SHARES)
@@ -112,12 +114,12 @@ class ClassifierClient:
             return None
         return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
 
-    def quality(self) -> dict[str, float] | None:
-        """The served version's quality/cost curve ("0.1" -> quality as a fraction of the strong
-        model's, on its validation prompts), or None when the version does not carry one."""
+    def quality(self, version: str | None = None) -> dict[str, float] | None:
+        """The version's quality/cost curve ("0.1" -> quality as a fraction of the strong model's,
+        on its validation prompts), or None when the version does not carry one."""
         try:
             result = self._infer([""], [grpcclient.InferRequestedOutput(n)
-                                        for n in (self.QUALITY, self.CALIBRATION_SHARES)])
+                                        for n in (self.QUALITY, self.CALIBRATION_SHARES)], version=version)
         except InferenceServerException:  # older versions' model.py do not know the output
             return None
         values, shares = result.as_numpy(self.QUALITY), result.as_numpy(self.CALIBRATION_SHARES)
@@ -125,12 +127,21 @@ class ClassifierClient:
             return None
         return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
 
-    def is_ready(self) -> bool:
+    def is_ready(self, version: str | None = None) -> bool:
         try:
             return bool(self._client.is_server_ready(client_timeout=self.timeout_s)
-                        and self._client.is_model_ready(self.model, self.version, client_timeout=self.timeout_s))
+                        and self._client.is_model_ready(self.model, self.version if version is None else version,
+                                                        client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
+
+    def versions(self) -> list[str]:
+        """The versions Triton has loaded and ready, ascending; raises ClassifierUnavailable."""
+        try:
+            meta = self._client.get_model_metadata(self.model, "", as_json=True, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ClassifierUnavailable(f"classifier {self.model!r}: {exc.message()}") from exc
+        return sorted((v for v in meta.get("versions", []) if self.is_ready(v)), key=int)
 
     def close(self) -> None:
         self._client.close()

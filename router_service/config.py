@@ -121,6 +121,10 @@ class ClassifierConfig(StrictModel):
     triton_model: str = "router_classifier"
     # Empty: the latest version Triton serves.
     model_version: str = ""
+    # With a store: the version serving when the router first classifies is pinned (release.py),
+    # so a new export serves only once `python -m export.promote` promotes it (after a shadow or
+    # canary trial and the guard's report). Without a store this does nothing (a warning says so).
+    guarded: bool = False
     cache: DecisionCacheConfig = DecisionCacheConfig()
 
 

@@ -26,9 +26,9 @@ class CachedClassifier:
         self._entries: OrderedDict[bytes, tuple[float, Classification]] = OrderedDict()
 
     @staticmethod
-    def _key(text: str) -> bytes:
-        # A digest, not the text: the cache holds no prompt.
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    def _key(text: str, version: str | None) -> bytes:
+        # A digest, not the text: the cache holds no prompt. Each model version scores apart.
+        return hashlib.blake2b(f"{version or ''}\0{text}".encode("utf-8"), digest_size=16).digest()
 
     def _get(self, key: bytes, now: float) -> Classification | None:
         with self._lock:
@@ -45,25 +45,26 @@ class CachedClassifier:
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
-    def classify(self, texts: Sequence[str], request_id: str = "") -> list[Classification]:
+    def classify(self, texts: Sequence[str], request_id: str = "", version: str | None = None
+                 ) -> list[Classification]:
         now = self._clock()
-        keys = [self._key(t) for t in texts]
+        keys = [self._key(t, version) for t in texts]
         found = [self._get(k, now) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         for f in found:
             self._on_lookup(f is not None)
         if missing:
-            fresh = self.inner.classify([texts[i] for i in missing], request_id)
+            fresh = self.inner.classify([texts[i] for i in missing], request_id, version)
             for i, value in zip(missing, fresh):
                 found[i] = value
                 self._put(keys[i], now, value)
         return [f for f in found if f is not None]
 
-    def calibration(self) -> dict[str, float] | None:
-        return self.inner.calibration()
+    def calibration(self, version: str | None = None) -> dict[str, float] | None:
+        return self.inner.calibration(version)
 
-    def quality(self) -> dict[str, float] | None:
-        return self.inner.quality()
+    def quality(self, version: str | None = None) -> dict[str, float] | None:
+        return self.inner.quality(version)
 
     def is_ready(self) -> bool:
         return self.inner.is_ready()

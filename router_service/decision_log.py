@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS shadows (
     request_id TEXT NOT NULL, time REAL NOT NULL, policy TEXT, target TEXT, answer TEXT, cost_usd REAL,
     judge TEXT, verdict TEXT, judge_cost_usd REAL);
 CREATE INDEX IF NOT EXISTS shadows_request ON shadows (request_id);
+CREATE TABLE IF NOT EXISTS trials (
+    request_id TEXT NOT NULL, time REAL NOT NULL, classifier TEXT, serving_version TEXT, serving_score REAL,
+    serving_share REAL, candidate_version TEXT, candidate_score REAL, candidate_share REAL);
+CREATE INDEX IF NOT EXISTS trials_versions ON trials (candidate_version, time);
 """
 _BATCH = 500
 _PURGE_EVERY_S = 3600.0
@@ -84,6 +88,31 @@ class ShadowRow:
     judge_cost_usd: float | None
 
 
+@dataclass(frozen=True)
+class TrialRow:
+    """A candidate model version's score for a logged request, beside the serving version's (a
+    release in shadow mode, trials.py): what the candidate would have decided."""
+
+    request_id: str
+    time: float
+    classifier: str
+    serving_version: str | None
+    serving_score: float | None
+    serving_share: float | None
+    candidate_version: str
+    candidate_score: float
+    candidate_share: float | None
+
+
+# Rows other than decisions, by the table they go to (columns = the dataclass's fields).
+_TABLES: dict[type, str] = {FeedbackRow: "feedback", ShadowRow: "shadows", TrialRow: "trials"}
+Row = DecisionRow | FeedbackRow | ShadowRow | TrialRow
+
+
+def _insert(table: str, columns: list[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -99,7 +128,7 @@ class DecisionLog:
         Path(config.path).parent.mkdir(parents=True, exist_ok=True)
         with _connect(config.path) as conn:
             conn.executescript(_SCHEMA)
-        self._queue: queue.Queue[DecisionRow | FeedbackRow | ShadowRow] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[Row] = queue.Queue(maxsize=config.queue_size)
         self._on_write, self._on_drop = on_write, on_drop
         # Request ids queued, not yet written (feedback may name them already) -> their key id.
         self._pending: dict[str, str | None] = {}
@@ -133,8 +162,8 @@ class DecisionLog:
         found = conn.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
         return (found is not None, None if found is None else found[0])
 
-    def add(self, row: FeedbackRow | ShadowRow) -> bool:
-        """Queue a feedback or shadow row; False when the queue is full (dropped, counted)."""
+    def add(self, row: FeedbackRow | ShadowRow | TrialRow) -> bool:
+        """Queue a feedback, shadow or trial row; False when the queue is full (dropped, counted)."""
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -167,23 +196,17 @@ class DecisionLog:
                     break
             self._write(conn, batch)
 
-    def _write(self, conn: sqlite3.Connection, batch: list[DecisionRow | FeedbackRow | ShadowRow]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[Row]) -> None:
         decisions = [asdict(r) for r in batch if isinstance(r, DecisionRow)]
-        feedback = [asdict(r) for r in batch if isinstance(r, FeedbackRow)]
-        shadows = [asdict(r) for r in batch if isinstance(r, ShadowRow)]
+        others = {table: [asdict(r) for r in batch if isinstance(r, cls)] for cls, table in _TABLES.items()}
         while True:
             try:
                 with conn:  # one transaction per batch
                     if decisions:
-                        columns = list(decisions[0])
-                        conn.executemany(f"INSERT OR REPLACE INTO decisions ({', '.join(columns)}) VALUES "
-                                         f"({', '.join(':' + c for c in columns)})", decisions)
-                    if feedback:
-                        conn.executemany("INSERT INTO feedback VALUES (:request_id, :time, :key_id, :rating, :grades, "
-                                         ":comment)", feedback)
-                    if shadows:
-                        conn.executemany("INSERT INTO shadows VALUES (:request_id, :time, :policy, :target, :answer, "
-                                         ":cost_usd, :judge, :verdict, :judge_cost_usd)", shadows)
+                        conn.executemany(_insert("decisions", list(decisions[0]), "INSERT OR REPLACE"), decisions)
+                    for table, rows in others.items():
+                        if rows:
+                            conn.executemany(_insert(table, list(rows[0])), rows)
                 break
             except sqlite3.OperationalError:  # locked for longer than the busy timeout: keep the batch, retry
                 time.sleep(0.5)
@@ -198,7 +221,7 @@ class DecisionLog:
         cutoff = time.time() - self.config.retention_days * 86400
         try:
             with conn:
-                for table in ("feedback", "shadows"):
+                for table in _TABLES.values():
                     conn.execute(f"DELETE FROM {table} WHERE request_id IN "
                                  "(SELECT request_id FROM decisions WHERE time < ?)", (cutoff,))
                 conn.execute("DELETE FROM decisions WHERE time < ?", (cutoff,))

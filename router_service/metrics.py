@@ -77,6 +77,13 @@ class RouterMetrics:
                                ["policy", "outcome"], registry=r)
         self.shadow_cost = Counter("router_shadow_cost_usd", "Cost of shadow and judge calls in USD",
                                    ["policy", "target"], registry=r)
+        self.trials = Counter("router_release_trials", "Shadow trials of a candidate model version (release.py) "
+                              "by classifier and outcome: scored, failed, or busy (skipped)", ["classifier", "outcome"],
+                              registry=r)
+        self.version_decisions = Counter("router_version_decisions", "Classifier decisions by policy, the model "
+                                         "version that made them (a canary's beside the serving one) and whether "
+                                         "they went to the strongest target", ["policy", "version", "strong"],
+                                         registry=r)
         self.in_flight = Gauge("router_requests_in_flight", "Requests being served", registry=r,
                                multiprocess_mode="livesum")
         self.breaker = Gauge("router_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, "

@@ -3,8 +3,9 @@
 ``model`` names a policy (``router`` = the default policy, ``router:<policy>``) or a target
 (manual routing: no classification). For a policy, in order:
   1. rules pin a target when their pattern or keywords match the classified text;
-  2. otherwise the classifier scores the text and the policy's strategy (strategies/: threshold,
-     tiered, ...) picks a target; a prompt the classifier is not confident about (unlike its
+  2. otherwise the classifier scores the text (with the model version its release names:
+     release.py; a canary version for its share of prompts) and the policy's strategy
+     (strategies/: threshold, tiered, ...) picks a target; a prompt the classifier is not confident about (unlike its
      training data) follows the policy's ``low_confidence`` action when it has one; if the
      classifier is unavailable the policy fails open to its ``fail_open_target`` and the decision
      is marked degraded.
@@ -26,12 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .classifier import Classifier, ClassifierUnavailable
+from .classifier import Classification, Classifier, ClassifierUnavailable
 from .config import RouterConfig, TargetConfig
 from .config_base import PolicySettings, WindowConfig
 from .generation import GenerationRequest, Message
 from .prompt_rules import PrivacyDetector, compile_rules
 from .quality_target import QualityShares
+from .release import ReleaseBook
 from .routing_errors import CannotServe, ModelNotFound
 from .strategies import RoutingStrategy, build_strategy
 from .token_count import TokenCounters
@@ -57,6 +59,7 @@ class Decision:
     private: str | None = None  # the privacy detector that matched
     prompt_tokens: int = 0  # the estimate used for the context-window check
     baseline_target: str | None = None  # the policy's always-strong alternative (savings are measured against it)
+    trial_version: str | None = None  # a candidate version to score this prompt in the background (trials.py)
 
     @property
     def target(self) -> str:
@@ -97,9 +100,11 @@ def window_text(messages: tuple[Message, ...], window: WindowConfig) -> str:
 
 
 class Router:
-    def __init__(self, config: RouterConfig, classifiers: Mapping[str, Classifier], counters: TokenCounters) -> None:
+    def __init__(self, config: RouterConfig, classifiers: Mapping[str, Classifier], counters: TokenCounters,
+                 releases: ReleaseBook | None = None) -> None:
         self.config = config
         self.classifiers = classifiers
+        self.releases = releases or ReleaseBook(None, config.classifiers)
         self.strategies: dict[str, RoutingStrategy[Any]] = {p.name: build_strategy(p) for p in config.policies}
         self._targets = {t.name: t for t in config.targets}
         self._rules = compile_rules(config.rules)
@@ -155,7 +160,7 @@ class Router:
                                 baseline_target=strategy.strongest)
         started = time.perf_counter()
         try:
-            classification = self.classifiers[policy.classifier].classify([text], request.request_id or "")[0]
+            classification, trial = self._classify(policy.classifier, text, request.request_id or "")
         except ClassifierUnavailable:
             fail_open = policy.fail_open_target or strategy.strongest
             return Decision((fail_open,), policy.name, "fail_open", degraded=True, private=private,
@@ -174,7 +179,25 @@ class Router:
                         confidence=classification.confidence, score_share=classification.strong_share,
                         model_version=classification.model_version,
                         classifier_ms=(time.perf_counter() - started) * 1000, threshold=pick.threshold,
-                        strong_share=pick.strong_share, private=private, baseline_target=strategy.strongest)
+                        strong_share=pick.strong_share, private=private, baseline_target=strategy.strongest,
+                        trial_version=trial)
+
+    def _classify(self, name: str, text: str, request_id: str) -> tuple[Classification, str | None]:
+        """The classification by the version the classifier's release picks for this prompt, and
+        the candidate version to score it in the background (shadow trial), if any."""
+        release = self.releases.current(name)
+        fraction = stable_fraction(text) if release.candidate is not None else 1.0
+        version = release.deciding(fraction)
+        classifier = self.classifiers[name]
+        try:
+            classification = classifier.classify([text], request_id, version or None)[0]
+        except ClassifierUnavailable:
+            if version == release.serving:
+                raise
+            # A canary that cannot answer (not loaded, withdrawn) must not degrade routing.
+            classification = classifier.classify([text], request_id, release.serving or None)[0]
+        self.releases.observe(name, classification.model_version)
+        return classification, release.trial(fraction)
 
     @staticmethod
     def _low_confidence_target(strategy: RoutingStrategy[Any], action: str, prior_share: float, text: str) -> str:

@@ -32,7 +32,7 @@ class QualityShares:
         """The share for ``quality`` on the curve of ``version`` (the one that just classified)."""
         cached = self._curves.get(classifier)
         if cached is None or cached[0] != version:
-            curve = self._classifiers[classifier].quality()
+            curve = self._classifiers[classifier].quality(version)
             if curve is None:
                 raise PolicyUnavailable("This policy keeps a quality target, but the served router model has no "
                                         "quality/cost curve (export a new version).", code="calibration_unavailable")
@@ -40,9 +40,9 @@ class QualityShares:
                 self._curves[classifier] = cached = (version, curve)
         return share_for(cached[1], quality)
 
-    def implied(self, classifier: str, quality: float) -> float | None:
-        """The share the last seen curve implies (for the stats); before any, the served version's
-        curve; None when it has none."""
+    def implied(self, classifier: str, quality: float, version: str | None = None) -> float | None:
+        """The share the last seen curve implies (for the stats); before any, the curve of
+        ``version`` (the serving one); None when it has none."""
         cached = self._curves.get(classifier)
-        curve = cached[1] if cached is not None else self._classifiers[classifier].quality()
+        curve = cached[1] if cached is not None else self._classifiers[classifier].quality(version or None)
         return None if curve is None else share_for(curve, quality)
