@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export export-from-log release eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all run export export-from-log release k8s k8s-up eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -195,6 +195,58 @@ $(CHROMEDRIVER):
 
 chromium: $(CHROMEDRIVER) ## Fetch Chromium and chromedriver for the playground's browser tests
 
+# A real Kubernetes control plane for the cluster tests and `make k8s-up`
+# (../shared/notes/kubernetes-offline.md): kube-apiserver, kube-controller-manager and
+# kube-scheduler built from the Go module proxy through the wrapper module in local_stack/k8s
+# (k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces its staging modules), etcd from
+# Debian's package, kwok for a node whose pods go Running and Ready without containers. Built
+# once, cached under tools/.
+K8S_VERSION ?= v1.34.3
+K8S_DIR := tools/k8s-$(K8S_VERSION)
+K8S_APISERVER := $(K8S_DIR)/kube-apiserver
+K8S_LDFLAGS := -s -w $(foreach v,gitVersion=$(K8S_VERSION) gitMajor=1 gitMinor=34 gitTreeState=clean \
+	buildDate=2025-12-09T00:00:00Z,-X k8s.io/component-base/version.$(v))
+$(K8S_APISERVER): local_stack/k8s/go.mod local_stack/k8s/go.sum
+	@echo ">> building the Kubernetes $(K8S_VERSION) control plane from the Go module proxy (once, about 11 min on 2 cold cores; cached in $(K8S_DIR))"
+	@rm -rf $(K8S_DIR).tmp && mkdir -p $(K8S_DIR).tmp
+	cd local_stack/k8s && CGO_ENABLED=0 bash -o pipefail -c "go build -v -trimpath -ldflags '$(K8S_LDFLAGS)' \
+		-o $(CURDIR)/$(K8S_DIR).tmp/ k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler 2>&1 | awk 'NR % 200 == 0 { print \">> k8s build: \" NR \" packages\"; fflush() }'"
+	rm -rf $(K8S_DIR) && mv $(K8S_DIR).tmp $(K8S_DIR)
+
+KWOK_VERSION ?= v0.8.0
+KWOK := tools/bin/kwok-$(KWOK_VERSION)
+$(KWOK):
+	@echo ">> building kwok $(KWOK_VERSION) from the Go module proxy (once, about 3 min; cached in tools/bin)"
+	@mkdir -p tools/bin
+	CGO_ENABLED=0 GOBIN=$(CURDIR)/tools/gobin-tmp go install -trimpath -ldflags '-s -w' sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	@# The standalone kwok takes its stages from --config: kwok's own "fast" ones, from its module source.
+	@src=$$(go env GOMODCACHE)/sigs.k8s.io/kwok@$(KWOK_VERSION)/kustomize/stage; \
+		for f in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete \
+			pod/fast/pod-delete; do cat $$src/$$f.yaml && echo "---" || exit 1; done > tools/gobin-tmp/stages.yaml
+	mv tools/gobin-tmp/stages.yaml $(KWOK)-stages.yaml
+	mv tools/gobin-tmp/kwok $(KWOK) && rmdir tools/gobin-tmp
+
+ETCD_DEB := etcd-server_3.4.23-4+b4_amd64.deb
+ETCD_SHA256 := 3a9445d4560ad6de1c375756b2a17d97713df44cbd20a658c871fe108af7ef5d
+ETCD := tools/etcd-3.4.23/etcd
+$(ETCD):
+	@echo ">> fetching etcd 3.4.23 (Debian's package; once, cached in $(dir $(ETCD)))"
+	@mkdir -p tools/deb-tmp $(dir $(ETCD))
+	curl -fsSL --retry 3 -o tools/deb-tmp/$(ETCD_DEB) http://deb.debian.org/debian/pool/main/e/etcd/$(subst +,%2B,$(ETCD_DEB))
+	echo "$(ETCD_SHA256)  tools/deb-tmp/$(ETCD_DEB)" | sha256sum -c --quiet
+	dpkg-deb -x tools/deb-tmp/$(ETCD_DEB) tools/deb-tmp/root
+	mv tools/deb-tmp/root/usr/bin/etcd $(ETCD)
+	rm -rf tools/deb-tmp
+
+K8S_TOOLS := $(K8S_APISERVER) $(KWOK) $(ETCD)
+K8S_ENV = K8S_BIN_DIR=$(CURDIR)/$(K8S_DIR) KWOK_BIN=$(CURDIR)/$(KWOK) ETCD_BIN=$(CURDIR)/$(ETCD)
+k8s: $(K8S_TOOLS) ## Build the Kubernetes control plane (apiserver, controller-manager, scheduler), kwok and etcd once
+
+K8S_STATE ?= .eval/k8s
+k8s-up: $(STAMP_BASE) $(K8S_TOOLS) ## Start the control plane + a kwok node on 127.0.0.1 (kubeconfig in K8S_STATE); Ctrl-C stops it
+	$(K8S_ENV) $(PY) -m local_stack.k8s_cluster --state-dir $(K8S_STATE)
+
 # The chart refuses to render without a master-key Secret (or router.auth.enabled=false): the
 # default values are checked with this Secret name.
 HELM_SET ?= --set router.auth.masterKeySecret.name=llm-router-master-key
@@ -206,8 +258,9 @@ helm-lint: $(HELM) ## helm lint --strict with the default and every example valu
 helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
 	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES),$(HELM_SET))
 
-test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) $(CHROMEDRIVER) ## Install everything and run the whole test suite
-	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) CHROMIUM_DIR=$(CURDIR)/$(CHROMIUM_DIR) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) $(CHROMEDRIVER) $(K8S_TOOLS) ## Install everything and run the whole test suite
+	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) CHROMIUM_DIR=$(CURDIR)/$(CHROMIUM_DIR) $(K8S_ENV) \
+		ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## Remove caches (keeps .venv and exported model versions)
 	rm -rf .pytest_cache .eval tools/gobin-tmp tools/deb-tmp
