@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export export-from-log release k8s k8s-up eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -247,6 +247,38 @@ K8S_STATE ?= .eval/k8s
 k8s-up: $(STAMP_BASE) $(K8S_TOOLS) ## Start the control plane + a kwok node on 127.0.0.1 (kubeconfig in K8S_STATE); Ctrl-C stops it
 	$(K8S_ENV) $(PY) -m local_stack.k8s_cluster --state-dir $(K8S_STATE)
 
+# The router image, built for real with podman (tests/test_router_image.py). No image registry is
+# reachable here, so its base is made from Debian's own packages: a minimal bookworm with Debian's
+# python3 (3.11) and pip, by mmdebstrap (cached in tools/), `podman import`ed. Podman, runc and
+# mmdebstrap are Debian packages (installed with apt-get when missing: needs root).
+PODMAN_PKGS := podman runc mmdebstrap uidmap
+BASE_ROOTFS := tools/debian-bookworm-python3.tar
+ROUTER_BASE_IMAGE ?= localhost/llm-router/debian-python3:bookworm
+ROUTER_IMAGE ?= localhost/llm-router/router:dev
+# Where the host trusts an HTTPS proxy's CA for package indexes, the image build trusts it too.
+HOST_CA := $(wildcard /etc/ssl/certs/ca-certificates.crt)
+PODMAN_RUN_FLAGS := --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+
+podman-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || { \
+		echo ">> installing $(PODMAN_PKGS) (Debian packages)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PODMAN_PKGS); }
+
+$(BASE_ROOTFS):
+	@echo ">> building a minimal Debian bookworm with python3 and pip from Debian's packages (once, about 1 min; cached in $@)"
+	@mkdir -p tools
+	mmdebstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates bookworm \
+		tools/debian-bookworm-python3.partial.tar http://deb.debian.org/debian
+	mv tools/debian-bookworm-python3.partial.tar $@
+
+image-base: podman-tools $(BASE_ROOTFS) ## Import the Debian base of the router image into podman (no registry needed)
+	@podman image exists $(ROUTER_BASE_IMAGE) || { echo ">> importing $(BASE_ROOTFS) as $(ROUTER_BASE_IMAGE)"; \
+		podman import --change 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' --change 'CMD ["python3"]' $(BASE_ROOTFS) $(ROUTER_BASE_IMAGE); }
+
+router-image: image-base ## Build docker/router.Dockerfile with podman on that base (ROUTER_IMAGE)
+	podman build $(PODMAN_RUN_FLAGS) --network host $(if $(HOST_CA),-v $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro) \
+		--build-arg PYTHON_IMAGE=$(ROUTER_BASE_IMAGE) -f docker/router.Dockerfile -t $(ROUTER_IMAGE) .
+
 # The chart refuses to render without a master-key Secret (or router.auth.enabled=false): the
 # default values are checked with this Secret name.
 HELM_SET ?= --set router.auth.masterKeySecret.name=llm-router-master-key
@@ -258,9 +290,9 @@ helm-lint: $(HELM) ## helm lint --strict with the default and every example valu
 helm-template: $(HELM) ## Print the rendered manifests (VALUES=<file> for an example)
 	@$(HELM) template llm-router $(CHART) $(if $(VALUES),-f $(VALUES),$(HELM_SET))
 
-test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) $(CHROMEDRIVER) $(K8S_TOOLS) ## Install everything and run the whole test suite
+test: $(STAMP_ALL) $(HELM) $(PROMETHEUS) $(CHROMEDRIVER) $(K8S_TOOLS) image-base ## Install everything and run the whole test suite
 	HELM_BIN=$(CURDIR)/$(HELM) PROMETHEUS_BIN=$(CURDIR)/$(PROMETHEUS) CHROMIUM_DIR=$(CURDIR)/$(CHROMIUM_DIR) $(K8S_ENV) \
-		ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
+		ROUTER_BASE_IMAGE=$(ROUTER_BASE_IMAGE) ROUTING_DATA=$(ROUTING_DATA) $(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## Remove caches (keeps .venv and exported model versions)
 	rm -rf .pytest_cache .eval tools/gobin-tmp tools/deb-tmp

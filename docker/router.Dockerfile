@@ -4,6 +4,9 @@
 #
 #   docker build -f docker/router.Dockerfile -t <registry>/llm-router/router:0.1.0 .
 #
+# PYTHON_IMAGE is any Debian-family image with Python 3.11 and pip: `make router-image` builds on
+# a base made from Debian's own packages where no registry is reachable (tests/test_router_image.py).
+#
 # The Helm chart (helm/llm-router) runs it as uid 10001 with a read-only root filesystem, an
 # in-memory /tmp, the config at /etc/llm-router/router.yaml (env ROUTER_CONFIG) and port 8080.
 
@@ -15,6 +18,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY router_service ./router_service
+# For `python -m export.promote` (router-model releases) in router pods; the rest of export/
+# needs PyTorch and is never imported here.
+COPY export ./export
 RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime -----------------------------------------------------------------------------
