@@ -179,8 +179,13 @@ def test_install_rolls_out_and_passes_helm_test(cluster: KubeCluster, values: Pa
         assert found.metadata.labels["app.kubernetes.io/instance"] == RELEASE
     apps = k8s.AppsV1Api(cluster.api_client())
     for deployment in (d for d in docs if d["kind"] == "Deployment"):
-        status = apps.read_namespaced_deployment(deployment["metadata"]["name"], namespace).status
+        found = apps.read_namespaced_deployment(deployment["metadata"]["name"], namespace)
+        status = found.status
         assert status.ready_replicas == status.replicas and status.replicas >= 1, deployment["metadata"]["name"]
+        # The Secret references the cluster holds are the rendered ones (and the pods run with them).
+        held = cluster.api_client().sanitize_for_serialization(found.spec.template.spec)
+        assert _secret_refs([{"kind": "Pod", "spec": held}]) == _secret_refs([{"kind": "Pod", "spec": deployment[
+            "spec"]["template"]["spec"]}])
     for kind, listing in (("HorizontalPodAutoscaler", k8s.AutoscalingV2Api(cluster.api_client())
                            .list_namespaced_horizontal_pod_autoscaler),
                           ("PodDisruptionBudget", k8s.PolicyV1Api(cluster.api_client())
@@ -260,13 +265,30 @@ def test_upgrade_rolls_within_the_pdb_and_rollback_restores(cluster: KubeCluster
         _image(p).endswith(":models-2") for p in cluster.core().list_namespaced_pod(
             namespace, label_selector="app.kubernetes.io/component=triton").items))
 
+    # A new model archive (the `fetch` source's refresh path) rolls Triton again, the same way.
+    fetch = ["--set", "triton.modelRepository.source=fetch", "--set",
+             "triton.modelRepository.fetch.url=https://models.example.com/model-repository-2.tar.gz"]
+    lowest = 2
+    proc = subprocess.Popen([_helm_bin(), "--kubeconfig", str(cluster.kubeconfig), "upgrade", RELEASE, str(CHART),
+                             "-n", namespace, *base, "--set", "triton.image.tag=models-2", *fetch, "--wait",
+                             "--timeout", "240s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while proc.poll() is None:
+        lowest = min(lowest, apps.read_namespaced_deployment(triton, namespace).status.available_replicas or 0)
+        time.sleep(0.2)
+    assert proc.returncode == 0 and lowest >= 2, proc.stdout.read() if proc.stdout else ""
+    fetched = _template_of(apps, triton, namespace)
+    assert fetched.metadata.annotations["checksum/model-repository"] != \
+        rolled.metadata.annotations["checksum/model-repository"]
+    assert any(c.name == "download-model-repository" for c in fetched.spec.init_containers or [])
+    rolled = fetched
+
     # A router config change rolls the router (its checksum annotation), not Triton.
     changed = tmp_path / "config.yaml"
     config = effective_values(None)["router"]["config"]
     config["policies"][0]["strong_share"] = 0.35
     changed.write_text(yaml.safe_dump({"router": {"config": config}}))
     assert helm(cluster, "upgrade", RELEASE, str(CHART), "-n", namespace, *base, "--set", "triton.image.tag=models-2",
-                "-f", str(changed), "--wait", "--timeout", "240s").returncode == 0
+                *fetch, "-f", str(changed), "--wait", "--timeout", "240s").returncode == 0
     router_now = _template_of(apps, router, namespace)
     assert router_now.metadata.annotations["checksum/config"] != first_router.metadata.annotations["checksum/config"]
     assert _template_of(apps, triton, namespace) == rolled
@@ -277,7 +299,7 @@ def test_upgrade_rolls_within_the_pdb_and_rollback_restores(cluster: KubeCluster
     assert _image(_template_of(apps, triton, namespace)) == _image(first_triton)
     assert _template_of(apps, router, namespace).metadata.annotations == first_router.metadata.annotations
     history = yaml.safe_load(helm(cluster, "history", RELEASE, "-n", namespace, "-o", "yaml").stdout)
-    assert [h["status"] for h in history][-1] == "deployed" and len(history) == 4
+    assert [h["status"] for h in history][-1] == "deployed" and len(history) == 5
 
 
 # --------------------------------------------------------------------------------------------
