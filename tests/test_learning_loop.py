@@ -57,7 +57,8 @@ def loop(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     config_path.write_text(yaml.safe_dump(config))
     try:
         with run_router(config, tmp, env={"ROUTER_THREADS": "16"}) as url:
-            yield {"url": url, "repo": repo, "db": db, "config": config_path, "tmp": tmp, "triton": triton}
+            yield {"url": url, "repo": repo, "db": db, "config": config_path, "tmp": tmp, "triton": triton,
+                   "valkey": valkey}
     finally:
         valkey.close()
         triton.stop()
@@ -200,3 +201,14 @@ def test_traffic_is_judged_learned_from_tried_and_promoted_through_the_guard(
     assert not guard["passed"] and guard["candidate_worse_apgr_share"] >= 0.95
     now = release(loop)["release"]
     assert (now["serving"], now["candidate"]) == ("1", "2")
+
+    # 9. The store goes away: the router keeps routing by the last release it read (version 1,
+    #    and the 10% canary of version 2), and the release tool says what is wrong.
+    time.sleep(2.5)
+    expected = ["2" if stable_fraction(p) < 0.1 else "1" for p in canary]
+    assert [ask(url, p).headers["x-router-model-version"] for p in canary] == expected
+    loop["valkey"].stop()
+    time.sleep(2.5)  # past the routers' refresh: they try the store, fail, and keep what they had
+    assert [ask(url, p).headers["x-router-model-version"] for p in canary] == expected
+    down = promote(loop, "status")
+    assert down.returncode == 2 and "is the router's store running" in down.stderr
