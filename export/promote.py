@@ -207,11 +207,13 @@ class Releases:
         except ClassifierUnavailable as exc:
             raise ReleaseError(f"Triton does not serve the classifier: {exc}") from exc
 
-    def require_loaded(self, version: str) -> None:
-        loaded = self.loaded()
-        if version not in loaded:
-            raise ReleaseError(f"Triton has not loaded version {version} (loaded: {', '.join(loaded) or 'none'}); "
-                               "it loads the newest versions of the model repository (config.pbtxt version_policy)")
+    def require_loaded(self, *versions: str) -> None:
+        loaded = self.loaded()  # one look at Triton for all of them
+        for version in versions:
+            if version not in loaded:
+                raise ReleaseError(f"Triton has not loaded version {version} (loaded: {', '.join(loaded) or 'none'}); "
+                                   "it loads the newest versions of the model repository (config.pbtxt "
+                                   "version_policy)")
 
     def pinned(self) -> Release:
         """The record, or one pinned to the newest loaded version when there is none yet."""
@@ -261,8 +263,7 @@ def run(a: argparse.Namespace) -> int:
         current = rel.pinned()
         if a.version == current.serving:
             raise ReleaseError(f"version {a.version} is the serving one")
-        rel.require_loaded(a.version)
-        rel.require_loaded(current.serving)
+        rel.require_loaded(a.version, current.serving)
         share = a.share if a.share is not None else 1.0
         # A shadow trial that turns into a canary is one trial: the report reads the log since its start.
         started = current.trial_started if current.candidate == a.version else time.time()

@@ -18,7 +18,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -270,14 +269,9 @@ class KubeCluster:
         session.trust_env = False  # no REQUESTS_CA_BUNDLE or proxy from the environment: this CA, directly
         return session
 
-    def _ssl(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.state / "pki" / "ca.crt"))
-        ctx.load_cert_chain(str(self.state / "pki" / "admin.crt"), str(self.state / "pki" / "admin.key"))
-        return ctx
-
     def _api_ready(self) -> bool:
-        with urllib.request.urlopen(f"{self.server}/readyz", timeout=2, context=self._ssl()) as resp:
-            return resp.status == 200
+        with self.session() as session:
+            return session.get(f"{self.server}/readyz", timeout=2).status_code == 200
 
     def api_client(self) -> k8s.ApiClient:
         return k8s_config.new_client_from_config(str(self.kubeconfig))

@@ -96,9 +96,9 @@ class ClassifierClient:
             return [None] * n
         return [None if np.isnan(v) else float(v) for v in values.reshape(-1)]
 
-    def score(self, texts: Sequence[str], version: str | None = None) -> list[float]:
+    def score(self, texts: Sequence[str]) -> list[float]:
         """Scores in [0, 1], one per text, in order."""
-        return [c.score for c in self.classify(texts, version=version)]
+        return [c.score for c in self.classify(texts)]
 
     def calibration(self, version: str | None = None) -> dict[str, float] | None:
         """The version's score threshold per strong share ("0.1" -> score), if it has a calibration."""
@@ -127,11 +127,10 @@ class ClassifierClient:
             return None
         return {f"{float(share):.2g}": round(float(v), 6) for share, v in zip(shares.reshape(-1), values.reshape(-1))}
 
-    def is_ready(self, version: str | None = None) -> bool:
+    def is_ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready(client_timeout=self.timeout_s)
-                        and self._client.is_model_ready(self.model, self.version if version is None else version,
-                                                        client_timeout=self.timeout_s))
+                        and self._client.is_model_ready(self.model, self.version, client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
 
@@ -139,9 +138,11 @@ class ClassifierClient:
         """The versions Triton has loaded and ready, ascending; raises ClassifierUnavailable."""
         try:
             meta = self._client.get_model_metadata(self.model, "", as_json=True, client_timeout=self.timeout_s)
+            ready = [v for v in meta.get("versions", [])
+                     if self._client.is_model_ready(self.model, v, client_timeout=self.timeout_s)]
         except InferenceServerException as exc:
             raise ClassifierUnavailable(f"classifier {self.model!r}: {exc.message()}") from exc
-        return sorted((v for v in meta.get("versions", []) if self.is_ready(v)), key=int)
+        return sorted(ready, key=int)
 
     def close(self) -> None:
         self._client.close()

@@ -16,7 +16,6 @@ only once it is promoted.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -66,11 +65,6 @@ class ReleaseBook:
         self._clock = clock
         self._cache: dict[str, tuple[float, Release | None]] = {}  # name -> (read at, record or None)
         self._pin_tried: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def store(self) -> Store | None:
-        return self._store
 
     def _key(self, name: str) -> str:
         assert self._store is not None
@@ -84,11 +78,13 @@ class ReleaseBook:
         raw = self._store.run("release_get", lambda c: c.get(self._key(name)))
         return None if raw is None else Release.model_validate_json(raw)
 
-    def write(self, name: str, release: Release) -> None:
+    def write(self, name: str, release: Release, only_if_absent: bool = False) -> None:
+        """Store ``release`` (stamped now); ``only_if_absent``: only where there is no record yet
+        (SET NX: the first replica to pin wins)."""
         if self._store is None:
             raise StoreUnavailable("releases need the store (store.url)")
         record = release.model_copy(update={"changed_at": time.time()})
-        self._store.run("release_set", lambda c: c.set(self._key(name), record.model_dump_json()))
+        self._store.run("release_set", lambda c: c.set(self._key(name), record.model_dump_json(), nx=only_if_absent))
         self._cache.pop(name, None)
 
     # -- what the router uses: the current release ----------------------------------------------
@@ -101,8 +97,7 @@ class ReleaseBook:
                 record = self.read(name)
             except (StoreUnavailable, ValidationError):
                 record = cached[1] if cached is not None else None  # keep routing as before
-            with self._lock:
-                self._cache[name] = cached = (now, record)
+            self._cache[name] = cached = (now, record)  # one assignment: no lock needed
         return cached[1] or self._defaults[name]
 
     def observe(self, name: str, version: str | None) -> None:
@@ -114,14 +109,11 @@ class ReleaseBook:
         if cached is None or cached[1] is not None or self._pin_tried.get(name) == cached[0]:
             return
         self._pin_tried[name] = cached[0]  # once per read of the store, not once per request
-        record = Release(serving=version, changed_at=time.time(), note=f"pinned {version}, the version serving "
-                         "when the guarded router started")
-        assert self._store is not None
         try:
-            self._store.run("release_set", lambda c: c.set(self._key(name), record.model_dump_json(), nx=True))
+            self.write(name, Release(serving=version, note=f"pinned {version}, the version serving when the "
+                                     "guarded router started"), only_if_absent=True)
         except StoreUnavailable:
-            return  # the next classification tries again
-        self._cache.pop(name, None)
+            pass  # the next read of the store tries again
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Every classifier's current release, as /v1/router/stats shows it."""
