@@ -7,12 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import requests
+import urllib3
+from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, TimeoutError as UrllibTimeout
 
 from .base import TargetError
+from .http_client import iter_lines
+
+# An error body is read up to this much: enough for any provider's message.
+ERROR_BODY_BYTES = 65536
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
     value = resp.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -20,11 +25,12 @@ def _retry_after(resp: requests.Response) -> float | None:
         return None
 
 
-def _error_message(resp: requests.Response) -> str:
+def _error_message(resp: urllib3.BaseHTTPResponse) -> str:
+    raw = resp.data if resp.data else resp.read(ERROR_BODY_BYTES)
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
-        return resp.text[:500]
+        return raw[:500].decode("utf-8", "replace")
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("message", error))
@@ -43,20 +49,20 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
-def check_response(resp: requests.Response, target: str, secrets: tuple[str, ...] = ()) -> None:
+def check_response(resp: urllib3.BaseHTTPResponse, target: str, secrets: tuple[str, ...] = ()) -> None:
     """Turn an upstream HTTP error into a TargetError with the status the client should see; the
     upstream's words travel on with ``secrets`` (the router's key for it) and lookalikes redacted."""
-    if resp.ok:
+    if resp.status < 400:
         return
-    message = f"target '{target}' answered {resp.status_code}: {redact(_error_message(resp), secrets)}"
-    if resp.status_code == 429:
+    message = f"target '{target}' answered {resp.status}: {redact(_error_message(resp), secrets)}"
+    if resp.status == 429:
         raise TargetError(message, 429, code="rate_limited", retry_after_s=_retry_after(resp))
-    if resp.status_code >= 500:
+    if resp.status >= 500:
         raise TargetError(message, 502, code="upstream_error")
-    if resp.status_code in (401, 403):
+    if resp.status in (401, 403):
         # The provider refused the router's own credentials: the operator's fault, not the client's.
         # Another target may serve the request, and the breaker should stop calling this one.
-        raise TargetError(f"target '{target}' refused the router's credentials ({resp.status_code})", 502,
+        raise TargetError(f"target '{target}' refused the router's credentials ({resp.status})", 502,
                           code="upstream_auth_failed")
     # 4xx: the upstream rejected what the client asked for; retrying elsewhere will not help.
     raise TargetError(message, 400, code="upstream_rejected", retryable=False)
@@ -64,22 +70,25 @@ def check_response(resp: requests.Response, target: str, secrets: tuple[str, ...
 
 @contextmanager
 def upstream_call(target: str) -> Iterator[None]:
-    """Map connection-level failures to 502/503/504 TargetErrors."""
+    """Map connection-level failures to 503/504 TargetErrors."""
     try:
         yield
-    except requests.ConnectionError as exc:
+    except MaxRetryError as exc:  # what a failure to connect is wrapped in (retries are off)
+        # NewConnectionError (refused, no route) subclasses ConnectTimeoutError for old callers' sake
+        if isinstance(exc.reason, UrllibTimeout) and not isinstance(exc.reason, NewConnectionError):
+            raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
+        raise TargetError(f"target '{target}' is unreachable: {exc.reason.__class__.__name__}", 503,
+                          code="upstream_unavailable") from exc
+    except UrllibTimeout as exc:
+        raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
+    except (HTTPError, OSError) as exc:  # reset, refused, cut mid-answer, TLS
         raise TargetError(f"target '{target}' is unreachable: {exc.__class__.__name__}", 503,
                           code="upstream_unavailable") from exc
-    except requests.Timeout as exc:
-        raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
-    except requests.RequestException as exc:
-        raise TargetError(f"target '{target}' failed: {exc}", 502, code="upstream_error") from exc
 
 
-def iter_sse_json(resp: requests.Response, target: str) -> Iterator[dict[str, Any]]:
+def iter_sse_json(resp: urllib3.BaseHTTPResponse, target: str) -> Iterator[dict[str, Any]]:
     """Yield the JSON payload of each ``data:`` event until ``[DONE]`` or the end of the stream."""
-    # chunk_size None: lines as the data arrives (requests accepts it; its stubs say int only).
-    for line in resp.iter_lines(chunk_size=None, decode_unicode=False):  # type: ignore[call-overload]
+    for line in iter_lines(resp):
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()

@@ -1,33 +1,34 @@
-"""Any OpenAI-compatible API (OpenAI, vLLM, llama.cpp server, ...), forwarded with requests."""
+"""Any OpenAI-compatible API (OpenAI, vLLM, llama.cpp server, ...)."""
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from typing import Any
 
-import requests
+import urllib3
 
 from ..config import TargetConfig
 from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
+from .http_client import HttpClient, close_response, post_json
 from .http_util import check_response, iter_sse_json, upstream_call
 
 
 class OpenAITarget:
     kind = "openai"
 
-    def __init__(self, config: TargetConfig, base_url: str, session: requests.Session) -> None:
+    def __init__(self, config: TargetConfig, base_url: str, http: HttpClient) -> None:
         self.name = config.name
         self.config = config
-        self._session = session
+        self._http = http.manager_for(base_url)
         self._base_url = base_url
-        self._timeout = (config.connect_timeout_s, config.read_timeout_s)
+        self._timeout = urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s)
 
     def _secrets(self) -> tuple[str, ...]:
         key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
         return (key,) if key else ()
 
     def _headers(self, request: GenerationRequest) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {}
         if request.request_id:
             headers["X-Request-ID"] = request.request_id  # the provider's logs can be joined with ours
         if self.config.api_key_env:
@@ -69,8 +70,7 @@ class OpenAITarget:
     def complete(self, request: GenerationRequest) -> Completion:
         path, payload = self._payload(request, stream=False)
         with upstream_call(self.name):
-            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
-                                      timeout=self._timeout)
+            resp = post_json(self._http, self._base_url + path, payload, self._headers(request), self._timeout)
         check_response(resp, self.name, self._secrets())
         try:
             body = resp.json()
@@ -85,9 +85,9 @@ class OpenAITarget:
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         path, payload = self._payload(request, stream=True)
         with upstream_call(self.name):
-            resp = self._session.post(self._base_url + path, json=payload, headers=self._headers(request),
-                                      timeout=self._timeout, stream=True)
-        with resp:
+            resp = post_json(self._http, self._base_url + path, payload, self._headers(request), self._timeout,
+                             stream=True)
+        try:
             check_response(resp, self.name, self._secrets())
             with upstream_call(self.name):
                 for event in iter_sse_json(resp, self.name):
@@ -98,6 +98,8 @@ class OpenAITarget:
                                     choice_extra=_choice_extra(choice))
                     if usage is not None:
                         yield Chunk(usage=usage)
+        finally:
+            close_response(resp)
 
 
 def _content(choice: dict[str, Any], is_chat: bool, key: str) -> tuple[str, dict[str, Any]]:

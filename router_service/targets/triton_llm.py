@@ -11,23 +11,24 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import requests
+import urllib3
 
 from ..config import TargetConfig
 from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
+from .http_client import HttpClient, close_response, post_json
 from .http_util import check_response, iter_sse_json, upstream_call
 
 
 class TritonLLMTarget:
     kind = "triton"
 
-    def __init__(self, config: TargetConfig, base_url: str, session: requests.Session) -> None:
+    def __init__(self, config: TargetConfig, base_url: str, http: HttpClient) -> None:
         self.name = config.name
         self.config = config
-        self._session = session
+        self._http = http.manager_for(base_url)
         self._generate_url = f"{base_url}/v2/models/{config.model}/generate"
         self._stream_url = f"{base_url}/v2/models/{config.model}/generate_stream"
-        self._timeout = (config.connect_timeout_s, config.read_timeout_s)
+        self._timeout = urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s)
 
     def _payload(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
         # The decision engine keeps such requests away; a direct caller of the adapter gets the same answer.
@@ -63,20 +64,25 @@ class TritonLLMTarget:
     def complete(self, request: GenerationRequest) -> Completion:
         payload = self._payload(request, stream=False)
         with upstream_call(self.name):
-            resp = self._session.post(self._generate_url, json=payload, timeout=self._timeout)
+            resp = post_json(self._http, self._generate_url, payload, {}, self._timeout)
         check_response(resp, self.name)
-        event = resp.json()
+        try:
+            event = resp.json()
+        except ValueError as exc:
+            raise TargetError(f"target '{self.name}' sent a malformed completion", 502) from exc
         return Completion(text=str(event.get("text_output", "")), finish_reason=event.get("finish_reason") or "stop",
                           usage=self._usage(event))
 
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         payload = self._payload(request, stream=True)
         with upstream_call(self.name):
-            resp = self._session.post(self._stream_url, json=payload, timeout=self._timeout, stream=True)
-        with resp:
+            resp = post_json(self._http, self._stream_url, payload, {}, self._timeout, stream=True)
+        try:
             check_response(resp, self.name)
             with upstream_call(self.name):
                 for event in iter_sse_json(resp, self.name):
                     finish = event.get("finish_reason") or None
                     yield Chunk(text=str(event.get("text_output", "")), finish_reason=finish,
                                 usage=self._usage(event) if finish else None)
+        finally:
+            close_response(resp)
