@@ -275,7 +275,7 @@ def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarra
         np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
         files.append(name)
     model = stage / variant_file(MODEL_FILE, precision)
-    attach_head(model, model, head)
+    attach_head(model, model, head, int8_index=precision == "int8")
     return head, files
 
 

@@ -105,6 +105,10 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     for name in ("model.onnx", "model.int8.onnx"):
         model = onnx.load(str(version / name))
         weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("head/")}
+        if name == "model.int8.onnx":  # the int8 graph's index: int8 rows, a scale each
+            assert weights["head/index_q"].shape == (384, n_index) and weights["head/index_q"].dtype == np.int8
+            assert weights["head/index_scale"].shape == (n_index,) and "head/index_t" not in weights
+            weights["head/index_t"] = weights["head/index_q"] * weights["head/index_scale"]
         assert weights["head/index_t"].shape == (384, n_index) and weights["head/index_t"].dtype == np.float32
         assert weights["head/labels"].shape == (n_index,) and np.all((weights["head/labels"] >= 0)
                                                                       & (weights["head/labels"] <= 1))
@@ -136,7 +140,7 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert meta["validation"]["int8_vs_fp32"]["spearman"] >= 0.8
     assert set(meta["validation"]["score_threshold_for_strong_share_by_precision"]) == {"fp32", "int8"}
     ops = {node.op_type for node in onnx.load(str(version / "model.int8.onnx")).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"} <= ops  # encoder and index
     assert "MatMulInteger" not in {node.op_type for node in onnx.load(str(version / "model.onnx")).graph.node}
 
     summary = exported.summary

@@ -2,6 +2,7 @@
 the ensemble, on small hand-made cases."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
-from export.onnx_head import EmbeddingHead, attach_head
+from export.metrics import spearman
+from export.onnx_head import EmbeddingHead, attach_head, quantize_rows
 from export.served_model import RankBlend, rank_in, rank_table
 
 
@@ -177,6 +179,39 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
         assert len(np.unique(np.round(knn, 4))) > 1
     else:
         np.testing.assert_allclose(knn, labels.mean(), atol=1e-6)
+
+
+def test_int8_index_votes_like_the_float_index(tmp_path: Path) -> None:
+    """int8_index: the index as int8 rows with a scale each; the vote and support stay those of the
+    numpy head over the dequantized rows, up to the query's own rounding."""
+    rng = np.random.default_rng(7)
+    dim, vocab, n_index = 32, 300, 400
+    table = rng.normal(size=(vocab, dim)).astype(np.float32)
+    _token_encoder(tmp_path / "enc.onnx", {"last_hidden_state": table})
+    head = EmbeddingHead(rng.normal(size=(n_index, dim)) + 1.0, rng.choice([0.0, 0.5, 1.0], size=n_index), k=20,
+                         center=True)
+    attach_head(tmp_path / "enc.onnx", tmp_path / "float.onnx", head)
+    attach_head(tmp_path / "enc.onnx", tmp_path / "int8.onnx", head, int8_index=True)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert weights["head/index_q"].dtype == np.int8 and "head/index_t" not in weights
+    assert "DynamicQuantizeMatMul" in {n.op_type for n in graph.node}
+    codes, scales = quantize_rows(head.embeddings)
+    np.testing.assert_array_equal(weights["head/index_q"], codes.T)
+    assert np.abs(codes * scales[:, None] - head.embeddings).max() <= scales.max() / 2 + 1e-7
+
+    ids = rng.integers(0, vocab, size=(64, 6))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    vote, support = ort.InferenceSession(str(tmp_path / "int8.onnx")).run(["knn_score", "knn_support"], feeds)
+    float_vote, float_support = ort.InferenceSession(str(tmp_path / "float.onnx")).run(["knn_score", "knn_support"],
+                                                                                         feeds)
+    dequantized = copy.copy(head)
+    dequantized.embeddings = codes.astype(np.float32) * scales[:, None]
+    want_vote, want_support = dequantized.vote(head.embed(table[ids].mean(axis=1)))
+    np.testing.assert_allclose(vote, want_vote, atol=0.01)
+    np.testing.assert_allclose(support, want_support, atol=0.002)
+    np.testing.assert_allclose(vote, float_vote, atol=0.02)  # and near the float index's
+    assert spearman(vote, float_vote) > 0.99 and not np.array_equal(vote, float_vote)
 
 
 def test_attached_knn_head_alone_and_a_missing_branch(tmp_path: Path) -> None:
