@@ -505,6 +505,7 @@ def test_runtime_device_choice() -> None:
     assert settings_from_config(config, {}) == RuntimeSettings("cpu", 3)
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_THREADS": "1"}).intra_op_threads == 1
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_PRECISION": "fp32"}).precision == "fp32"
+    assert settings_from_config(config, {"ROUTER_CLASSIFIER_PROMPT_WORKERS": "2"}).prompt_workers == 2
 
 
 def test_ensemble_version_without_rank_references_is_refused(exported: SimpleNamespace, tmp_path: Path) -> None:
@@ -541,6 +542,16 @@ def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
     from export.metrics import spearman
 
     assert spearman(int8.score(prompts), fp32.score(prompts)) > 0.5
+    # The prompts of a batch run side by side, each alone in its run: the same scores in the same
+    # order as one worker, and as each prompt sent alone.
+    one_by_one = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=1))
+    side_by_side = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=4))
+    assert one_by_one._prompt_pool is None and side_by_side._prompt_pool is not None
+    batch = side_by_side.evaluate(prompts)
+    np.testing.assert_array_equal(batch[0], one_by_one.evaluate(prompts)[0])
+    np.testing.assert_array_equal(batch[1], one_by_one.evaluate(prompts)[1])
+    np.testing.assert_array_equal(batch[0], np.concatenate([side_by_side.score([p]) for p in prompts]))
+    side_by_side.close()
 
 
 def _made_up_routing_data(path: Path) -> Path:
