@@ -2,6 +2,8 @@
   1. router overhead with manual routing: p50 through the router minus p50 calling the upstream
      directly (an instant OpenAI-compatible upstream, so upstream time does not hide it), and the
      same for LiteLLM's proxy in front of the same upstream (--litellm: the peer, side by side);
+     the floor under it: the same for a bare Flask proxy (bench/floor_app.py) under the router's
+     gunicorn settings, so that the router's own work is the difference;
   2. automatic routing (classification through Triton included), same method;
   3. the Triton-served classifier: p50 for one prompt, and prompts/s with concurrent batches;
   4. each Triton-hosted LLM: load-free generation tokens/s;
@@ -32,6 +34,7 @@ import requests
 import yaml
 
 from router_service.classifier_client import ClassifierClient
+from local_stack.processes import wait_until_ready
 from local_stack.stack import start_router, stop_process, wait_ready
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
@@ -62,6 +65,22 @@ def _p(samples: list[float], q: float) -> float:
 def _prompts(data: Path, n: int) -> list[str]:
     with data.open() as f:
         return [json.loads(line)["prompt"] for _, line in zip(range(n), f)]
+
+
+def _floor(config: Path, upstream_url: str, session: requests.Session, chat_body: Callable[[str], dict], n: int,
+           tmp: str) -> list[float]:
+    """Latencies through bench/floor_app.py (a bare Flask proxy) under the router's gunicorn
+    settings: the floor under the router's overhead."""
+    port = free_port()
+    env = {"ROUTER_ACCESS_LOG": "/dev/null", "FLOOR_UPSTREAM": upstream_url + "/chat/completions"}
+    proc = start_router(config, "127.0.0.1", port, env, log=Path(tmp) / "floor.log", app="bench.floor_app:app")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        wait_until_ready(proc, lambda: session.post(url, json=chat_body("floor"), timeout=2).ok, 60,
+                         "the floor app", Path(tmp) / "floor.log", poll_s=0.2)
+        return _timed(lambda: session.post(url, json=chat_body("floor")), n)
+    finally:
+        stop_process(proc)
 
 
 def bench_config(triton: TritonServer, upstream_url: str, slow_url: str) -> dict:
@@ -145,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             def chat_body(model: str) -> dict:
                 return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
 
-            print(">> 1/7 router overhead, manual routing" + (" (and LiteLLM's)" if litellm else ""), flush=True)
+            print(">> 1/7 router overhead, manual routing" + (" (and LiteLLM's), and a bare proxy's"
+                                                              if litellm else ", and a bare proxy's"), flush=True)
             direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
                             args.requests)
+            floor = _floor(config_path, upstream.url, session, chat_body, args.requests, tmp)
+            results["proxy_floor_overhead_p50_ms"] = round(_p(floor, 50) - _p(direct, 50), 3)
             if litellm is not None:
                 peer = _timed(lambda: session.post(litellm.url + "/v1/chat/completions", json=chat_body("instant"),
                                                    headers=litellm.headers), args.requests)

@@ -24,12 +24,13 @@ POLL_S = 5  # how often Triton rescans the model repository
 
 
 def start_router(config: Path, host: str, port: int, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> subprocess.Popen[bytes]:
+                 log: Path | None = None, app: str = "router_service.wsgi:app") -> subprocess.Popen[bytes]:
     """Start the router under gunicorn (the production server) as a child process; its output goes
-    to ``log`` when given (else to this process's)."""
+    to ``log`` when given (else to this process's). ``app``: another WSGI app under the same
+    settings (the benchmark's server floor)."""
     proc_env = {**os.environ, **(env or {}), "ROUTER_CONFIG": str(config.resolve()), "ROUTER_HOST": host,
                 "ROUTER_PORT": str(port)}
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "router_service.wsgi:app"]
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), app]
     if log is None:
         return subprocess.Popen(cmd, env=proc_env, cwd=ROOT)
     with log.open("ab") as out:
