@@ -508,6 +508,24 @@ def test_runtime_device_choice() -> None:
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_PROMPT_WORKERS": "2"}).prompt_workers == 2
 
 
+def test_classifier_threads_follow_a_cgroup_cpu_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In a pod the affinity mask shows the node's cores; the CPU limit (cgroup v2 cpu.max) is what
+    the intra-op threads and the prompt workers must share."""
+    from export import served_model
+
+    model = served_model._model
+    cpu_max, real_path = tmp_path / "cpu.max", model.Path
+    monkeypatch.setattr(model, "Path", lambda p: cpu_max if p == "/sys/fs/cgroup/cpu.max" else real_path(p))
+    affinity = len(os.sched_getaffinity(0))
+    assert model._cores() == affinity  # no cgroup file
+    cpu_max.write_text("max 100000\n")
+    assert model._cores() == affinity
+    cpu_max.write_text("50000 100000\n")  # half a core: one
+    assert model._cores() == 1 and model._auto_threads() == 1
+    cpu_max.write_text("150000 100000\n")  # 1.5 cores: two, if the mask has them
+    assert model._cores() == min(affinity, 2)
+
+
 def test_ensemble_version_without_rank_references_is_refused(exported: SimpleNamespace, tmp_path: Path) -> None:
     """The graph returns both branch scores; without head[.int8].npz there is nothing to blend them with."""
     from export.served_model import ClassifierRuntime, RuntimeSettings

@@ -42,12 +42,14 @@ Settings (config.pbtxt ``parameters``, overridden by environment variables):
 - ``device`` / ROUTER_CLASSIFIER_DEVICE: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else
   CPU), ``cpu`` or ``cuda``.
 - ``intra_op_threads`` / ROUTER_CLASSIFIER_THREADS: onnxruntime intra-op threads, 0 = auto
-  (half the visible cores, at most 4: the box also runs Triton itself and the LLMs).
+  (half the cores, at most 4: the box also runs Triton itself and the LLMs).
 - ``precision`` / ROUTER_CLASSIFIER_PRECISION: ``auto`` (the int8 model on CPU when the version has
   one, fp32 on a GPU), ``fp32`` or ``int8``.
 - ``prompt_workers`` / ROUTER_CLASSIFIER_PROMPT_WORKERS: the int8 model runs prompt by prompt; the
-  prompts of one batch run this many at a time, 0 = auto (the visible cores, at most 4). A lone
-  prompt runs as fast as before; under load, batches use every core.
+  prompts of one batch run this many at a time, 0 = auto (the cores over the intra-op threads,
+  so that a full batch keeps every core busy without oversubscribing them). A lone prompt runs
+  as fast as before; under load, batches use every core. "Cores": the affinity mask capped by a
+  cgroup CPU limit, for both settings.
 
 numpy: Triton <= 2.51's stub needs numpy < 2 (see ``initialize``); outputs are plain owned
 C-contiguous float32 arrays either way. (``pb_utils.Tensor.from_dlpack`` on a numpy array, which
@@ -148,7 +150,16 @@ def variant_file(name: str, precision: str) -> str:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The cores this process may use: the affinity mask, capped by a cgroup v2 CPU limit (in a
+    Kubernetes pod the mask shows every core of the node, the limit what the pod gets)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 def _auto_threads() -> int:
@@ -215,7 +226,7 @@ class ClassifierRuntime:
         self.per_prompt = self.precision == "int8"
         # onnxruntime releases the GIL and a session takes concurrent runs: the prompts of a batch
         # run side by side (2x the prompts/s on 2 cores), each still alone in its run.
-        workers = settings.prompt_workers or min(4, _cores())
+        workers = settings.prompt_workers or max(1, _cores() // options.intra_op_num_threads)
         self._prompt_pool = ThreadPoolExecutor(workers, "prompt") if self.per_prompt and workers > 1 else None
         self.calibration_path = self.version_dir / variant_file(CALIBRATION_FILE, self.precision)
         self.calibration_scores = Calibration(np.load(self.calibration_path)) if self.calibration_path.is_file() else None
