@@ -193,3 +193,32 @@ def test_connection_failures_map_to_openai_style_errors(no_proxy_env: pytest.Mon
         with pytest.raises(TargetError) as slow:
             target.complete(_request())
     assert (slow.value.status, slow.value.code) == (504, "upstream_timeout")
+
+
+def test_a_streamed_error_is_read_up_to_a_bound(
+        serve: Callable[[type[BaseHTTPRequestHandler]], str], no_proxy_env: pytest.MonkeyPatch) -> None:
+    """An upstream that refuses a stream with a huge error body: the router reads a bounded part of
+    it (the message is cut, not 300 KB long); a small one arrives whole."""
+    huge = json.dumps({"error": {"message": "x" * 300_000}}).encode()
+    small = json.dumps({"error": {"message": "overloaded, try later"}}).encode()
+
+    class Refusing(_Quiet):
+        def do_POST(self) -> None:  # noqa: N802
+            self._body()
+            data = huge if self.path.startswith("/huge") else small
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    url = serve(Refusing)
+    for base, longest in ((url + "/huge/v1", 1_000), (url + "/small/v1", None)):
+        with pytest.raises(TargetError) as info:
+            list(_target(base).stream(_request(stream=True)))
+        assert info.value.status == 502 and info.value.code == "upstream_error"
+        if longest is None:
+            assert "overloaded, try later" in info.value.message
+        else:
+            assert len(info.value.message) < longest
+

@@ -26,7 +26,9 @@ def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
 
 
 def _error_message(resp: urllib3.BaseHTTPResponse) -> str:
-    raw = resp.data if resp.data else resp.read(ERROR_BODY_BYTES)
+    # A streamed answer's body is still unread: read at most the bound (resp.data would read it
+    # all). An answer read in full has nothing left to read, and its body is in resp.data.
+    raw = resp.read(ERROR_BODY_BYTES) or resp.data
     try:
         body = json.loads(raw)
     except ValueError:
