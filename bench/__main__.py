@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             def chat_body(model: str) -> dict:
                 return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": next(prompt_iter)}]}
 
-            print(">> 1/7 router overhead, manual routing" + (" (and LiteLLM's), and a bare proxy's"
-                                                              if litellm else ", and a bare proxy's"), flush=True)
+            print(">> 1/7 router overhead, manual routing" + (" (and LiteLLM's)" if litellm else "")
+                  + ", and a bare proxy's", flush=True)
             direct = _timed(lambda: session.post(upstream.url + "/chat/completions", json=chat_body("instant")),
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),

@@ -565,9 +565,9 @@ def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
     one_by_one = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=1))
     side_by_side = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=4))
     assert one_by_one._prompt_pool is None and side_by_side._prompt_pool is not None
-    batch = side_by_side.evaluate(prompts)
-    np.testing.assert_array_equal(batch[0], one_by_one.evaluate(prompts)[0])
-    np.testing.assert_array_equal(batch[1], one_by_one.evaluate(prompts)[1])
+    batch, alone = side_by_side.evaluate(prompts), one_by_one.evaluate(prompts)
+    np.testing.assert_array_equal(batch[0], alone[0])
+    np.testing.assert_array_equal(batch[1], alone[1])
     np.testing.assert_array_equal(batch[0], np.concatenate([side_by_side.score([p]) for p in prompts]))
     side_by_side.close()
 
