@@ -16,6 +16,7 @@ from .api import RouterState
 from .api import bp as api_bp
 from .circuit_breaker import CircuitBreaker
 from .classifier import Classifier
+from . import cooperative
 from .classifier_client import ClassifierClient
 from .config import ClassifierConfig, RouterConfig, load_config
 from .decision_cache import CachedClassifier
@@ -44,7 +45,11 @@ _log = logging.getLogger(__name__)
 
 def _classifier(config: RouterConfig, c: ClassifierConfig, metrics: RouterMetrics) -> Classifier:
     """The Triton client of a classifier, behind its decision cache unless that is off."""
-    client = ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
+    if cooperative.patched():  # gunicorn's gevent worker: Triton's HTTP endpoint (cooperative.py)
+        client = ClassifierClient(config.triton.http_url, c.triton_model, c.model_version, config.triton.timeout_s,
+                                  protocol="http")
+    else:
+        client = ClassifierClient(config.triton.grpc_url, c.triton_model, c.model_version, config.triton.timeout_s)
     if c.cache.size == 0:
         return client
     hits, misses = metrics.classifier_cache.labels(c.name, "hit"), metrics.classifier_cache.labels(c.name, "miss")

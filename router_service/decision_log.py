@@ -2,7 +2,8 @@
 traffic (routing data for `make export`), with the feedback clients send about the answers.
 
 Requests never wait for it: ``record`` puts the row on a bounded queue and a background thread
-writes batches; when the queue is full the row is dropped and counted (``on_drop``). Prompt and
+writes batches (under the gevent worker a greenlet, whose sqlite calls run on a real thread);
+when the queue is full the row is dropped and counted (``on_drop``). Prompt and
 answer text are kept only for the policies the operator opted in (``decision_log.prompts``) and
 never for a prompt the privacy rule matched. Rows older than ``retention_days`` are deleted by the
 writer, at start and hourly. Several gunicorn workers may share one file (WAL mode)."""
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import DecisionLogConfig
+from .cooperative import off_loop
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -201,12 +203,7 @@ class DecisionLog:
         others = {table: [asdict(r) for r in batch if isinstance(r, cls)] for cls, table in _TABLES.items()}
         while True:
             try:
-                with conn:  # one transaction per batch
-                    if decisions:
-                        conn.executemany(_insert("decisions", list(decisions[0]), "INSERT OR REPLACE"), decisions)
-                    for table, rows in others.items():
-                        if rows:
-                            conn.executemany(_insert(table, list(rows[0])), rows)
+                off_loop(self._transaction, conn, decisions, others)
                 break
             except sqlite3.OperationalError:  # locked for longer than the busy timeout: keep the batch, retry
                 time.sleep(0.5)
@@ -217,8 +214,20 @@ class DecisionLog:
             self._queue.task_done()
         self._on_write(len(decisions))
 
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, decisions: list[dict], others: dict[str, list[dict]]) -> None:
+        with conn:  # one transaction per batch
+            if decisions:
+                conn.executemany(_insert("decisions", list(decisions[0]), "INSERT OR REPLACE"), decisions)
+            for table, rows in others.items():
+                if rows:
+                    conn.executemany(_insert(table, list(rows[0])), rows)
+
     def _purge(self, conn: sqlite3.Connection) -> None:
-        cutoff = time.time() - self.config.retention_days * 86400
+        off_loop(self._delete_older, conn, time.time() - self.config.retention_days * 86400)
+
+    @staticmethod
+    def _delete_older(conn: sqlite3.Connection, cutoff: float) -> None:
         try:
             with conn:
                 for table in _TABLES.values():

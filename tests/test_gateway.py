@@ -400,8 +400,13 @@ def test_broken_upstream_stream_ends_with_an_error_event(gateway: str, proxy: Fa
 
 def test_classifier_down_fails_open(triton: TritonServer, tmp_path: Path) -> None:
     config = router_config_dict(triton)
-    config["triton"]["grpc_url"] = f"127.0.0.1:{free_port()}"  # nothing listens there
-    config["triton"]["timeout_s"] = 1.0
+    # The classifier's Triton is unreachable (nothing listens there, over gRPC or HTTP); the local
+    # LLMs' Triton is up.
+    for target in config["targets"]:
+        if target["kind"] == "triton":
+            target["url"] = triton.http_url
+    config["triton"].update(grpc_url=f"127.0.0.1:{free_port()}", http_url=f"http://127.0.0.1:{free_port()}",
+                            timeout_s=1.0)
     config["policies"][0]["fail_open_target"] = "smollm2-135m"
     with run_router(config, tmp_path) as url:
         raw = client(url).chat.completions.with_raw_response.create(model="router", messages=HELLO, max_tokens=2)

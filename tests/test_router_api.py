@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from router_service.classifier import ClassifierUnavailable
 from router_service.classifier_client import ClassifierClient
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
@@ -48,6 +49,29 @@ def test_classifier_through_triton_batch(triton: TritonServer) -> None:
     assert singles == pytest.approx(batch, abs=1e-5)  # batching/padding does not change a score
     assert len(set(round(s, 6) for s in batch)) > 1  # the scores depend on the prompt
     client.close()
+
+
+def test_classifier_over_http_answers_as_over_grpc(triton: TritonServer) -> None:
+    """The gevent worker's client (Triton's HTTP endpoint) returns what the gRPC one does: the same
+    classifications and version, calibration, quality curve, versions and readiness."""
+    grpc = ClassifierClient(triton.grpc_url, "router_classifier", timeout_s=30)
+    http = ClassifierClient(triton.http_url, "router_classifier", timeout_s=30, protocol="http")
+    try:
+        over_http = http.classify(PROMPTS, request_id="http-1")
+        assert over_http == grpc.classify(PROMPTS)
+        assert over_http[0].model_version and over_http[0].confidence is not None and over_http[0].strong_share is not None
+        assert http.calibration() == grpc.calibration() and http.calibration()
+        assert http.quality() == grpc.quality()
+        assert http.versions() == grpc.versions() and http.is_ready()
+        with pytest.raises(ClassifierUnavailable):
+            http.classify(PROMPTS[:1], version="99")  # a version Triton does not serve
+    finally:
+        grpc.close()
+        http.close()
+    down = ClassifierClient(f"http://127.0.0.1:{free_port()}", "router_classifier", timeout_s=2, protocol="http")
+    assert not down.is_ready()
+    with pytest.raises(ClassifierUnavailable):
+        down.classify(PROMPTS[:1])
 
 
 def test_models_lists_policies_and_targets(router_url: str) -> None:
@@ -411,7 +435,8 @@ def test_decision_api_agrees_with_chat_completions(router_url: str, triton: Trit
         assert requests.post(router_url + CHAT, json=bad, timeout=30).status_code == status
 
 
-def test_a_version_from_before_confidence_still_routes(model_repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_version_from_before_confidence_still_routes(model_repo: Path, tmp_path: Path, protocol: str) -> None:
     """A version exported by an older model.py (no `confidence` output), served with today's
     config.pbtxt as during an upgrade: the router still classifies, without a confidence."""
     code = (ROOT / "model_repository" / "router_classifier" / "model.py").read_text()
@@ -428,7 +453,8 @@ def test_a_version_from_before_confidence_still_routes(model_repo: Path, tmp_pat
     server = TritonServer(repo, ports=TritonPorts.free(), log_file=tmp_path / "triton.log")
     server.start(timeout_s=300)
     try:
-        client = ClassifierClient(server.grpc_url, "router_classifier", timeout_s=30)
+        client = ClassifierClient(server.http_url if protocol == "http" else server.grpc_url, "router_classifier",
+                                  timeout_s=30, protocol=protocol)  # type: ignore[arg-type]
         first, second = client.classify(PROMPTS[:1]), client.classify(PROMPTS[1:2])
         assert first[0].confidence is None and second[0].confidence is None
         assert 0.0 <= first[0].score <= 1.0 and first[0].strong_share is not None
@@ -589,7 +615,8 @@ def test_a_stream_never_read_is_still_recorded(triton: TritonServer) -> None:
 
 
 def test_request_id_reaches_triton(model_repo: Path, tmp_path: Path) -> None:
-    """The classifier call and the Triton LLM call carry the request id (Triton's verbose log names it)."""
+    """The classifier call and the Triton LLM call carry the request id (Triton's verbose log names
+    it), the classifier's over HTTP."""
     server = TritonServer(model_repo, ports=TritonPorts.free(), log_file=tmp_path / "triton.log",
                           extra_args=["--log-verbose=1"])
     server.start(timeout_s=600)
@@ -605,6 +632,9 @@ def test_request_id_reaches_triton(model_repo: Path, tmp_path: Path) -> None:
     named = {m for m in ("router_classifier", target_model)
              if f"request id: trace-me-42, model: {m}" in log}
     assert named == {"router_classifier", target_model}
+    # Under the default gevent worker the classifier is called over HTTP, and nothing over gRPC.
+    assert "HTTP request: 2 /v2/models/router_classifier/infer" in log
+    assert "ModelInferHandler, rpc_ok=1" not in log
 
 
 # --- decision cache ---
@@ -651,9 +681,13 @@ def test_decision_cache_in_the_router(triton: TritonServer, tmp_path: Path) -> N
         assert "router_classifier_cache_total{" not in requests.get(url + "/metrics", timeout=10).text
 
 
-def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, tmp_path: Path,
+                                                         worker_class: str) -> None:
     """SIGTERM (a pod being stopped): the stream in flight ends normally within the grace period,
-    and new connections are no longer accepted."""
+    new connections are no longer accepted, and the router then exits by itself, long before the
+    grace period would have it killed, although a client keeps an idle keep-alive connection open
+    (gunicorn's own gevent worker waited for it) and the classifier was called."""
     from local_stack.stack import start_router, wait_ready
     from local_stack.processes import stop_process
 
@@ -661,10 +695,14 @@ def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, t
     config_path.write_text(yaml.safe_dump(router_config_dict(triton)))
     port = free_port()
     proc = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null",
-                                                         "ROUTER_GRACEFUL_TIMEOUT": "60"})
+                                                         "ROUTER_GRACEFUL_TIMEOUT": "120",
+                                                         "ROUTER_WORKER_CLASS": worker_class})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/health/live", proc, timeout_s=60)
+        assert "x-router-score" in _chat(url, max_tokens=1).headers  # the classifier was called
+        idle = requests.Session()  # a keep-alive connection, left open between requests
+        assert idle.get(url + "/health/live", timeout=10).ok
         with requests.post(url + CHAT, stream=True, timeout=120, json={
                 "model": "smollm2-135m", "stream": True, "max_tokens": 120, "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": "Write a story about a lighthouse keeper."}]}) as resp:
@@ -678,6 +716,7 @@ def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, t
         assert first and rest[-1] == b"data: [DONE]"
         usage = json.loads(rest[-2][6:])["usage"]
         assert usage["completion_tokens"] > 10  # the stream ran on after the signal, to its end
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == 0  # a worker stuck at exit would be killed only at 120 s
+        idle.close()
     finally:
         stop_process(proc)
