@@ -44,9 +44,12 @@ class ClassifierClient:
     QUALITY = "calibration_quality"  # the version's quality/cost curve on that grid
 
     def __init__(self, url: str, model: str, version: str = "", timeout_s: float = 2.0,
-                 protocol: Literal["grpc", "http"] = "grpc", connections: int = 64) -> None:
+                 protocol: Literal["grpc", "http"] = "grpc", connections: int = 1024) -> None:
         """``url``: Triton's gRPC address (host:port) or, with ``protocol="http"``, its HTTP URL;
-        ``connections``: the HTTP client's pool (requests beyond it wait for a connection)."""
+        ``connections``: the most the HTTP client opens (only as requests need them). A request
+        beyond it waits for one with no deadline, so it is as large as the requests a worker holds
+        at once: then the timeout alone bounds a classification, as gRPC's deadline does, and an
+        overloaded classifier fails open after ``timeout_s`` instead of queueing."""
         self._client: Any
         if protocol == "http":
             parts = urlsplit(url if "://" in url else f"http://{url}")
