@@ -625,6 +625,7 @@ BAD_VALUES = {
     "gpu-count-zero": {"triton": {"gpu": {"count": 0}}},
     "bad-api-key-env": {"router": {"apiKeys": {"existingSecret": "s", "keys": {"not valid": "k"}}}},
     "bad-service-type": {"router": {"service": {"type": "Internal"}}},
+    "bad-worker-class": {"router": {"gunicorn": {"workerClass": "eventlet"}}},
     "bad-quantity": {"triton": {"shmSizeLimit": "lots"}},
     "bad-alert-threshold": {"metrics": {"prometheusRule": {"enabled": True, "errorRate": {"threshold": 5}}}},
 }
@@ -693,6 +694,11 @@ def test_router_env_drives_the_gunicorn_config(helm: str, monkeypatch: pytest.Mo
     assert conf["bind"] == f"0.0.0.0:{port_number(ctr, 'http')}"
     assert (conf["workers"], conf["threads"], conf["timeout"]) == (
         vals["gunicorn"]["workers"], vals["gunicorn"]["threads"], vals["gunicorn"]["timeoutSeconds"])
+    assert conf["worker_class"] == conf["WORKER_CLASSES"][vals["gunicorn"]["workerClass"]] == \
+        "router_service.gevent_worker.GeventWorker"
+    ctr = container(one(render(None, "--set", "router.gunicorn.workerClass=gthread"), "Deployment", "router"), "router")
+    monkeypatch.setenv("ROUTER_WORKER_CLASS", next(e["value"] for e in ctr["env"] if e["name"] == "ROUTER_WORKER_CLASS"))
+    assert runpy.run_path(str(ROOT / "router_service" / "gunicorn_conf.py"))["worker_class"] == "gthread"
     # SIGTERM -> SIGKILL leaves room for the preStop sleep and gunicorn's graceful shutdown.
     spec = one(render(), "Deployment", "router")["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] >= vals["preStopSleepSeconds"] + conf["graceful_timeout"]
