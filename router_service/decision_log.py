@@ -135,7 +135,10 @@ class DecisionLog:
         # Request ids queued, not yet written (feedback may name them already) -> their key id.
         self._pending: dict[str, str | None] = {}
         self._lock = threading.Lock()
-        self._reader = threading.local()
+        # One reading connection, opened on first use. Not one per thread: under the gevent worker
+        # threading.local is per greenlet, so every feedback request would open the file anew.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
         atexit.register(self.flush, 5.0)  # a worker that stops writes what it still holds
@@ -158,10 +161,10 @@ class DecisionLog:
         with self._lock:
             if request_id in self._pending:
                 return True, self._pending[request_id]
-        conn = getattr(self._reader, "conn", None)
-        if conn is None:
-            conn = self._reader.conn = _connect(self.config.path)
-        found = conn.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = _connect(self.config.path)
+            found = self._reader.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
         return (found is not None, None if found is None else found[0])
 
     def add(self, row: FeedbackRow | ShadowRow | TrialRow) -> bool:
