@@ -15,8 +15,8 @@ from .limits import Limiter
 from .api import RouterState
 from .api import bp as api_bp
 from .circuit_breaker import CircuitBreaker
-from .classifier import Classifier
 from . import cooperative
+from .classifier import Classifier
 from .classifier_client import ClassifierClient
 from .config import ClassifierConfig, RouterConfig, load_config
 from .decision_cache import CachedClassifier

@@ -3,9 +3,10 @@
 The gevent worker patches the standard library before the app is imported, so sockets, locks,
 sleeps and threads yield to one event loop instead of blocking an OS thread. Two things do not:
 
-- gRPC's C core keeps its own threads and sockets; under gevent a worker that had made one gRPC
-  call no longer stopped on SIGTERM. The classifier then talks to Triton over HTTP (tritonclient's
-  HTTP client is built on geventhttpclient, made for this loop).
+- gRPC's C core keeps its own threads and sockets outside the loop; with grpc's gevent mode a
+  process that had made a failed call hung at exit, even with its channel closed. The classifier
+  then talks to Triton over HTTP (tritonclient's HTTP client is built on geventhttpclient, made
+  for this loop).
 - A blocking C call (sqlite) stalls every request of the worker while it runs; ``off_loop`` runs
   it on gevent's pool of real threads, and the calling greenlet waits for it alone.
 """
