@@ -506,6 +506,8 @@ def test_runtime_device_choice() -> None:
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_THREADS": "1"}).intra_op_threads == 1
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_PRECISION": "fp32"}).precision == "fp32"
     assert settings_from_config(config, {"ROUTER_CLASSIFIER_PROMPT_WORKERS": "2"}).prompt_workers == 2
+    assert settings_from_config(config, {}).lone_prompt_threads == 0
+    assert settings_from_config(config, {"ROUTER_CLASSIFIER_LONE_PROMPT_THREADS": "3"}).lone_prompt_threads == 3
 
 
 def test_classifier_threads_follow_a_cgroup_cpu_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -562,14 +564,35 @@ def test_runtime_precision_choice(exported: SimpleNamespace) -> None:
     assert spearman(int8.score(prompts), fp32.score(prompts)) > 0.5
     # The prompts of a batch run side by side, each alone in its run: the same scores in the same
     # order as one worker, and as each prompt sent alone.
-    one_by_one = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=1))
-    side_by_side = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=4))
+    one_by_one = ClassifierRuntime(version, RuntimeSettings(device="cpu", prompt_workers=1))  # lone session off
+    side_by_side = ClassifierRuntime(version, RuntimeSettings(device="cpu", intra_op_threads=1, prompt_workers=4,
+                                                              lone_prompt_threads=2))
     assert one_by_one._prompt_pool is None and side_by_side._prompt_pool is not None
+    assert one_by_one._lone_session is None and side_by_side.lone_prompt_threads == 2
+    lone_runs = _CountingSession(side_by_side._lone_session)
+    side_by_side._lone_session = lone_runs
     batch, alone = side_by_side.evaluate(prompts), one_by_one.evaluate(prompts)
     np.testing.assert_array_equal(batch[0], alone[0])
     np.testing.assert_array_equal(batch[1], alone[1])
+    assert lone_runs.runs == 0  # a batch's prompts stay on the one-thread session, side by side
+    # A prompt sent alone runs on the many-thread session, with the same score.
     np.testing.assert_array_equal(batch[0], np.concatenate([side_by_side.score([p]) for p in prompts]))
+    assert lone_runs.runs == len(prompts)
     side_by_side.close()
+
+
+class _CountingSession:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session: Any):
+        self.session, self.runs = session, 0
+
+    def run(self, *args: Any) -> Any:
+        self.runs += 1
+        return self.session.run(*args)
+
+    def get_session_options(self) -> Any:
+        return self.session.get_session_options()
 
 
 def _made_up_routing_data(path: Path) -> Path:
