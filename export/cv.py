@@ -75,8 +75,9 @@ def load(path: Path, models_json: Path) -> RoutingData:
     return RoutingData(path.stem, data.prompts, data.sources, data.weak, data.strong)
 
 
-def _embed(prompts: list[str], encoder: Any) -> np.ndarray:
-    key = hashlib.sha256(("\x00".join(prompts) + f"|{MAX_LENGTH}").encode()).hexdigest()[:20]
+def _embed(prompts: list[str], encoder: Any, layers: int = 0) -> np.ndarray:
+    suffix = f"|{MAX_LENGTH}" + (f"|layers={layers}" if layers else "")  # all layers: the older cache keys
+    key = hashlib.sha256(("\x00".join(prompts) + suffix).encode()).hexdigest()[:20]
     path = CACHE / f"emb-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -91,13 +92,14 @@ def _embed(prompts: list[str], encoder: Any) -> np.ndarray:
     return out
 
 
-def prepare(data: RoutingData, encoder: Any) -> RoutingData:
-    data.emb = _embed(data.prompts, encoder)
+def prepare(data: RoutingData, encoder: Any, layers: int = 0) -> RoutingData:
+    """Embeddings (of the encoder's first ``layers`` layers; 0: all), question-only copies, features."""
+    data.emb = _embed(data.prompts, encoder, layers)
     stripped = [strip_choices(p) for p in data.prompts]
     data.qonly_mask = np.array([a != b for a, b in zip(stripped, data.prompts)], dtype=bool)
     data.qonly_emb = np.zeros_like(data.emb)
     if data.qonly_mask.any():
-        data.qonly_emb[data.qonly_mask] = _embed([q for q, m in zip(stripped, data.qonly_mask) if m], encoder)
+        data.qonly_emb[data.qonly_mask] = _embed([q for q, m in zip(stripped, data.qonly_mask) if m], encoder, layers)
     data.features = prompt_features(data.prompts)
     return data
 
@@ -315,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
     p.add_argument("--k", type=int, default=KnnSpec.k)
+    p.add_argument("--encoder-layers", type=int, default=0,
+                   help="embed with the base encoder's first N transformer layers (as `make export "
+                        "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
     a = p.parse_args(argv)
     d = a.data_dir
-    from export.train import load_encoder
+    from export.train import keep_layers, load_encoder
     from export.pipeline import default_base_model
 
     cache: dict[str, Any] = {}
@@ -331,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
             cache["enc"] = load_encoder(default_base_model())
+            keep_layers(cache["enc"][1], a.encoder_layers)
         return cache["enc"]
 
     t0 = time.monotonic()
-    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), encoder) for name, models in [
+    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), encoder, a.encoder_layers) for name, models in [
         ("mmlu-train", "models.json"), ("mmlu-val", "models.json"), ("llmrouter-train", "llmrouter-models.json"),
         ("llmrouter-val", "llmrouter-models.json"), ("zeroeval-ood", "zeroeval-models.json")]}
     print(f">> data and embeddings ready in {time.monotonic() - t0:.0f}s", flush=True)

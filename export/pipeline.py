@@ -81,6 +81,7 @@ class ExportOptions:
     knn_center: str = "mean"  # mean: centre embeddings on the index mean before cosine similarity; none
     augment: str = "question-only"
     precision: str = "int8"  # int8: + a dynamic-quantized copy, served on CPU; fp32: the fp32 model only
+    encoder_layers: int = 0  # the base encoder's first N transformer layers; 0: all
 
     @property
     def model_dir(self) -> Path:
@@ -140,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
                    help="int8 (default): add a dynamic-quantized copy of the model (model.int8.onnx, with its own "
                         "kNN index and calibration), served on CPU: about 2x faster, 1/4 the size, its scores checked "
                         "against fp32's; GPUs keep serving the fp32 model.onnx. fp32: the fp32 model only")
+    p.add_argument("--encoder-layers", type=int, default=ExportOptions.encoder_layers,
+                   help="keep only the base encoder's first N transformer layers (its output is then that layer's, "
+                        "mean-pooled): less compute per prompt; 0 (default): all of them")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {ENSEMBLE_LR} for ensemble, {defaults.lr} "
                    "otherwise)")
@@ -169,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         default = a.data_dir / EXTRA_TRAIN_FILE
         a.extra_train = [default] if a.head == "blend" and a.train is None and default.is_file() else []
     extra_train = tuple(f for f in a.extra_train if str(f) != "none")
+    if a.encoder_layers < 0:
+        p.error("--encoder-layers must be >= 0 (0: all layers)")
     if a.knn_k < 1 or not 0 < a.knn_ramp <= 1 or not 0 <= a.knn_weight <= 1:
         p.error("--knn-k >= 1, 0 < --knn-ramp <= 1 and 0 <= --knn-weight <= 1 are required")
     return ExportOptions(
@@ -183,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight,
         knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
         knn_center=a.knn_center, augment=a.augment,
-        precision=a.precision,
+        precision=a.precision, encoder_layers=a.encoder_layers,
         train_options=TrainOptions(
             epochs=a.epochs, max_length=a.max_length, batch_size=a.batch_size, lr=a.lr,
             weight_decay=a.weight_decay, seed=a.seed, freeze_layers=a.freeze_layers, threads=a.threads,
@@ -388,8 +394,8 @@ def load_job(opts: ExportOptions) -> ExportJob:
 
 def fine_tune(job: ExportJob) -> None:
     """[1/5] Load the base model and fine-tune what the head needs (nothing for --head knn)."""
-    from export.train import (ce3_classes, load_base, load_encoder, new_ce3_head, seed_everything, token_lengths,
-                              train_ce3, train_classifier)
+    from export.train import (ce3_classes, keep_layers, load_base, load_encoder, new_ce3_head, seed_everything,
+                              token_lengths, train_ce3, train_classifier)
 
     t = job.opts.train_options
     seed_everything(t.seed)  # the classification head's initialisation
@@ -397,12 +403,16 @@ def fine_tune(job: ExportJob) -> None:
         job.tokenizer, job.model = load_base(job.base_model)
     else:
         job.tokenizer, job.model = load_encoder(job.base_model)
+    keep_layers(job.model, job.opts.encoder_layers)
+    if job.opts.encoder_layers:
+        log(f">> encoder: its first {job.opts.encoder_layers} transformer layers (--encoder-layers)")
     lengths = token_lengths(job.tokenizer, job.train.prompts)
     log(f">> train token lengths: median {int(np.median(lengths))}, p90 {int(np.percentile(lengths, 90))}, "
         f"max {int(lengths.max())}; {np.mean(lengths > t.max_length):.1%} truncated at {t.max_length}")
     if job.ensemble:
         # The classifier branch trains on the same prompts as the kNN index (question-only copies included).
         _, job.tuned = load_encoder(job.base_model)
+        keep_layers(job.tuned, job.opts.encoder_layers)
         job.clf_head = new_ce3_head(job.tuned.config.hidden_size, t.seed)
         log(f">> [1/5] fine-tuning the classifier branch on {len(job.index_prompts)} prompts: 3 classes (weak better "
             f"/ tie / strong better), {t.epochs} epochs, max_length {t.max_length}, batch {t.batch_size}, lr {t.lr}, "
@@ -464,6 +474,7 @@ def export_graph(job: ExportJob) -> None:
         job.files = copy_artifacts(hf_dir, onnx_dir, job.stage)
     shutil.copy2(TEMPLATE, job.stage / "model.py")
     job.metadata = _metadata(job.opts, job.models, job.train, job.val, job.base_model, job.history, job.tokenizer)
+    job.metadata["base_model"]["layers"] = (job.encoder if job.knn else job.model).config.num_hidden_layers
     _write_json(job.stage / "metadata.json", job.metadata)
 
 

@@ -44,6 +44,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def keep_layers(model: Any, n: int) -> None:
+    """Keep the first ``n`` transformer layers of a BERT-style encoder, or of the encoder under a
+    classification head, in place (0: all of them). Its output is then the lower layer's: on the
+    routing data MiniLM-L6's fifth layer votes as well as its sixth, for 5/6 of the compute
+    (docs/router-quality.md)."""
+    if n == 0:
+        return
+    base = getattr(model, model.base_model_prefix, model)
+    layers = base.encoder.layer
+    if not 1 <= n <= len(layers):
+        raise ValueError(f"the encoder has {len(layers)} layers; cannot keep {n}")
+    base.encoder.layer = layers[:n]
+    model.config.num_hidden_layers = n
+
+
 def load_base(base_model: Path) -> tuple[Any, Any]:
     """Tokenizer and a fresh 2-label classification head on the local base encoder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -196,18 +196,48 @@ def test_second_export_adds_a_version_and_keeps_the_first(exported: SimpleNamesp
 
 
 def test_knn_head_alone_exports_one_encoder(exported: SimpleNamespace) -> None:
-    """--head knn: the base encoder as is (no fine-tuning), one output, no classifier branch."""
+    """--head knn: the base encoder as is (no fine-tuning), one output, no classifier branch; here
+    cut to its first 4 layers (--encoder-layers), which the served graph and the metadata show."""
     proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
                       "--limit-train", "256", "--limit-val", "128", "--max-length", "64", "--head", "knn",
-                      "--precision", "fp32")
+                      "--precision", "fp32", "--encoder-layers", "4")
     assert proc.returncode == 0
     assert last_json(proc.stdout)["version"] == 3 and "no fine-tuning" in proc.stdout
     version = exported.model_dir / "3"
     meta = json.loads((version / "metadata.json").read_text())
+    assert meta["base_model"]["layers"] == 4 and json.loads((version / "config.json").read_text())["num_hidden_layers"] == 4
+    graph_layers = {n.name.split("/")[2] for n in onnx.load(str(version / "model.onnx")).graph.node
+                    if n.name.startswith("/encoder/layer.")}
+    assert graph_layers == {"layer.0", "layer.1", "layer.2", "layer.3"}
     assert meta["hyperparameters"]["epochs"] == 0 and meta["head"]["knn_weight"] == 1.0
     assert "classifier" not in meta["head"] and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
     assert [o.name for o in onnx.load(str(version / "model.onnx")).graph.output] == ["knn_score", "knn_support", "pooled"]
     assert not (version / "head.npz").exists()  # no blend: the graph's kNN vote is the score
+
+
+def test_keep_layers_serves_a_lower_layer() -> None:
+    """--encoder-layers N: the cut encoder's output is the full encoder's N-th layer, exactly."""
+    import torch
+
+    from export.pipeline import default_base_model, parse_args
+    from export.train import keep_layers, load_encoder
+
+    tokenizer, full = load_encoder(default_base_model())
+    _, cut = load_encoder(default_base_model())
+    keep_layers(cut, 4)
+    assert cut.config.num_hidden_layers == 4 and len(cut.encoder.layer) == 4
+    batch = tokenizer(["What is the derivative of x^2?", "Name a prime number."], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        want = full(**batch, output_hidden_states=True).hidden_states[4]
+        torch.testing.assert_close(cut(**batch).last_hidden_state, want)
+        assert not torch.allclose(full(**batch).last_hidden_state, want)
+    keep_layers(cut, 0)  # 0: all there are
+    assert len(cut.encoder.layer) == 4
+    with pytest.raises(ValueError, match="4 layers"):
+        keep_layers(cut, 5)
+    assert parse_args(["--encoder-layers", "3"]).encoder_layers == 3 and parse_args([]).encoder_layers == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--encoder-layers", "-1"])
 
 
 def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
