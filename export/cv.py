@@ -84,6 +84,7 @@ def _embed(prompts: list[str], encoder: Any, layers: int = 0) -> np.ndarray:
     from export.train import predict_embeddings
 
     tokenizer, model = encoder()
+    print(f">> embedding {len(prompts)} prompts (not cached yet: {path})", flush=True)
     order = np.argsort([len(p) for p in prompts], kind="stable")
     out = np.zeros((len(prompts), model.config.hidden_size), np.float32)
     out[order] = predict_embeddings(model, tokenizer, [prompts[i] for i in order], MAX_LENGTH)
