@@ -293,7 +293,8 @@ def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: i
     grouped = oof_votes(both, group_folds(both.sources), spec)
     reference = np.sort(familiar[1])
     mmlu, other = np.arange(n_mmlu), np.arange(n_mmlu, len(both.prompts))
-    cases = [("MMLU, random folds", familiar, both.subset(mmlu), mmlu),
+    cases: list[tuple[str, tuple[np.ndarray, np.ndarray], RoutingData, np.ndarray | None]] = [
+             ("MMLU, random folds", familiar, both.subset(mmlu), mmlu),
              ("MMLU, held-out subjects", grouped, both.subset(mmlu), mmlu),
              ("other files, held-out tasks", grouped, both.subset(other), other)]
     cases += [(name, knn_fit_score(both, sets[name], spec), sets[name], None)
@@ -349,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
     spec = KnnSpec(k=a.k)
     if a.confidence:
-        for row in confidence_report(sets, both, len(mmlu.prompts), spec):
-            print(json.dumps(row), flush=True)
+        for flagged in confidence_report(sets, both, len(mmlu.prompts), spec):
+            print(json.dumps(flagged), flush=True)
         return 0
     results: dict[str, Any] = {}
     for name, fit in candidates(spec).items():

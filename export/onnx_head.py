@@ -8,6 +8,7 @@ reference is what the export checks the graph against and computes the rank refe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,11 +145,11 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
 
-    def const(name: str, value: np.ndarray) -> str:
+    def const(name: str, value: np.ndarray | np.generic) -> str:
         inits.append(numpy_helper.from_array(np.asarray(value), "head/" + name))
         return "head/" + name
 
-    def op(op_type: str, inputs: list[str], out_name: str, **attrs: object) -> str:
+    def op(op_type: str, inputs: list[str], out_name: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op_type, inputs, ["head/" + out_name], name="head/" + out_name, **attrs))
         return "head/" + out_name
 

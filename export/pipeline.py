@@ -271,12 +271,12 @@ def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarra
     from export.onnx_head import EmbeddingHead, attach_head
     from export.served_model import HEAD_FILE
 
-    head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp,
-                         *((branch.weight, branch.bias) if branch is not None else (None, None)),
-                         center=opts.knn_center == "mean")
+    head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp, clf_w=branch.weight if branch else None,
+                         clf_b=branch.bias if branch else None, center=opts.knn_center == "mean")
     files = []
     if branch is not None:
         knn_ref, clf_ref = head.components(branch.val_pooled)
+        assert clf_ref is not None  # the head has the branch's weights
         name = variant_file(HEAD_FILE, precision)
         np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
         files.append(name)
@@ -548,6 +548,7 @@ def attach_heads(job: ExportJob) -> None:
     _write_json(job.stage / "metadata.json", job.metadata)
     branch = None
     if job.ensemble:
+        assert job.torch_out is not None  # torch_reference ran first
         linear = job.clf_head[1]
         branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
                                   linear.bias.detach().numpy().astype(np.float64), job.torch_out)
@@ -573,6 +574,7 @@ def check_parity(job: ExportJob) -> None:
     log(f">> [4/5] parity check: served code path (tokenizers + onnxruntime) vs PyTorch on {len(job.val)} val "
         "prompts")
     runtime = ClassifierRuntime(job.stage, job.settings("fp32"))
+    assert job.torch_out is not None  # torch_reference ran first
     job.parity, job.served["fp32"] = parity_check(runtime, job.tokenizer, job.torch_out, job.val.prompts,
                                                   t.max_length, PARITY_TOLERANCE,
                                                   reference=job.references.get("fp32"))

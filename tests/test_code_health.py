@@ -1,4 +1,5 @@
-"""The router package type-checks (mypy, with pydantic's plugin; settings in pyproject.toml)."""
+"""The project's Python type-checks (mypy, with pydantic's plugin; settings in pyproject.toml): the
+router, the export and evaluation tools, the Triton model's code, the local stack and the bench."""
 from __future__ import annotations
 
 import subprocess
@@ -6,9 +7,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKED = ("router_service", "export", "model_repository/router_classifier/model.py", "local_stack", "bench")
 
 
-def test_router_service_type_checks() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "router_service"], cwd=ROOT, capture_output=True,
+def test_the_project_type_checks() -> None:
+    proc = subprocess.run([sys.executable, "-m", "mypy", *CHECKED], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

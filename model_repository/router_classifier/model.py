@@ -125,13 +125,17 @@ _FEATURE_PATTERNS = {
 FEATURE_NAMES = ("log_chars", "log_words", "log_lines", "digits", "non_ascii", *(f"log_{k}" for k in _FEATURE_PATTERNS))
 
 
+def _log_count(pattern: re.Pattern[str]) -> Callable[[str], float]:
+    return lambda t: math.log1p(len(pattern.findall(t)))
+
+
 _FEATURE_FUNCTIONS: dict[str, Callable[[str], float]] = {
     "log_chars": lambda t: math.log1p(len(t)),
     "log_words": lambda t: math.log1p(len(t.split())),
     "log_lines": lambda t: math.log1p(t.count("\n")),
     "digits": lambda t: sum(c.isdigit() for c in t) / max(len(t), 1),
     "non_ascii": lambda t: sum(ord(c) > 127 for c in t) / max(len(t), 1),
-    **{f"log_{k}": (lambda t, p=p: math.log1p(len(p.findall(t)))) for k, p in _FEATURE_PATTERNS.items()},
+    **{f"log_{k}": _log_count(p) for k, p in _FEATURE_PATTERNS.items()},
 }
 
 
@@ -636,10 +640,10 @@ class TritonPythonModel:
                               "calibration_quality": self.runtime.quality()}[name]
                 else:
                     out = np.empty((end - start, 1), dtype=np.float32)
-                    if name == "confidence" and confidence is None:
-                        out[:, 0] = np.nan  # a version without a familiarity reference: unknown
-                    else:
-                        out[:, 0] = {"score": scores, "strong_share": shares, "confidence": confidence}[name][start:end]
+                    values = {"score": scores, "strong_share": shares, "confidence": confidence}[name]
+                    # None: a version without a familiarity reference (confidence unknown); shares
+                    # are computed whenever a request asks for them.
+                    out[:, 0] = np.nan if values is None else values[start:end]
                 tensors.append(pb_utils.Tensor(name, out))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
