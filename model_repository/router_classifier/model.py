@@ -49,7 +49,7 @@ Settings (config.pbtxt ``parameters``, overridden by environment variables):
   prompts of one batch run this many at a time, 0 = auto (the cores over the intra-op threads,
   so that a full batch keeps every core busy without oversubscribing them). A lone prompt runs
   as fast as before; under load, batches use every core. "Cores": the affinity mask capped by a
-  cgroup CPU limit, for all three thread settings.
+  cgroup CPU limit, for both settings.
 - ``lone_prompt_threads`` / ROUTER_CLASSIFIER_LONE_PROMPT_THREADS: 0 = off (the default); above
   ``intra_op_threads``, a batch of one prompt (what Triton hands over when requests do not queue)
   runs on a second session with this many threads, spinning only during the run. CPU only. It
