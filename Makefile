@@ -58,7 +58,7 @@ run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router
 	fi
 	$(PY) -m local_stack.stack --model-repository $(MODEL_REPOSITORY) --config $(CONFIG)
 
-export: $(STAMP_ALL) ## Train the router model (kNN vote + prompt length on MMLU and LLMRouter data, 10–15 min on 2 cores), export to ONNX (fp32 + int8), write a new version
+export: $(STAMP_ALL) ## Train the router model (kNN vote + prompt length on MMLU and LLMRouter data, 15–20 min on 2 cores), export to ONNX (fp32 + int8), write a new version
 	$(PY) -m export --data-dir $(ROUTING_DATA) --model-repository $(MODEL_REPOSITORY) $(EXPORT_ARGS)
 
 # Train on your own traffic (README): the decision log's graded prompts as routing data, split by

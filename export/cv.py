@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 
 from export import metrics
 from export.data import DEFAULT_DATA_DIR, load_models, load_routing_set, strip_choices
-from export.onnx_head import EmbeddingHead
+from export.onnx_head import EmbeddingHead, ridge_map
 from export.served_model import FEATURE_NAMES, LogisticBlend, prompt_features
 
 CACHE = Path(".cache/cv")
@@ -51,6 +52,10 @@ class RoutingData:
     qonly_emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), np.float32))
     qonly_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), np.float32))
+    # With --map-to-full: the full encoder's embeddings of the same rows, what a shallower encoder's
+    # `emb` is mapped onto (fitted on the training rows of every fit, never on the rows it scores).
+    target_emb: np.ndarray | None = None
+    qonly_target_emb: np.ndarray | None = None
 
     @property
     def gap(self) -> np.ndarray:
@@ -60,7 +65,9 @@ class RoutingData:
     def subset(self, rows: np.ndarray) -> "RoutingData":
         return RoutingData(self.name, [self.prompts[i] for i in rows], [self.sources[i] for i in rows],
                            self.weak[rows], self.strong[rows], self.emb[rows], self.qonly_emb[rows],
-                           self.qonly_mask[rows], self.features[rows])
+                           self.qonly_mask[rows], self.features[rows],
+                           None if self.target_emb is None else self.target_emb[rows],
+                           None if self.qonly_target_emb is None else self.qonly_target_emb[rows])
 
     def index(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The kNN index of these rows: (embeddings, gap labels), question-only copies appended."""
@@ -68,6 +75,14 @@ class RoutingData:
             return self.emb, self.gap
         return (np.concatenate([self.emb, self.qonly_emb[self.qonly_mask]]),
                 np.concatenate([self.gap, self.gap[self.qonly_mask]]))
+
+    def index_targets(self, augment: bool = True) -> np.ndarray:
+        """``target_emb`` in the order of ``index``."""
+        if self.target_emb is None or self.qonly_target_emb is None:
+            raise ValueError(f"{self.name}: no full-encoder embeddings to map onto (--map-to-full)")
+        if not augment or not self.qonly_mask.any():
+            return self.target_emb
+        return np.concatenate([self.target_emb, self.qonly_target_emb[self.qonly_mask]])
 
 
 def load(path: Path, models_json: Path) -> RoutingData:
@@ -93,14 +108,23 @@ def _embed(prompts: list[str], encoder: Any, layers: int = 0) -> np.ndarray:
     return out
 
 
-def prepare(data: RoutingData, encoder: Any, layers: int = 0) -> RoutingData:
-    """Embeddings (of the encoder's first ``layers`` layers; 0: all), question-only copies, features."""
-    data.emb = _embed(data.prompts, encoder, layers)
+def prepare(data: RoutingData, encoder: Any, layers: int = 0, full_encoder: Any = None) -> RoutingData:
+    """Embeddings (of the encoder's first ``layers`` layers; 0: all), question-only copies, features;
+    with ``full_encoder`` also the full encoder's embeddings (what --map-to-full maps onto)."""
     stripped = [strip_choices(p) for p in data.prompts]
     data.qonly_mask = np.array([a != b for a, b in zip(stripped, data.prompts)], dtype=bool)
-    data.qonly_emb = np.zeros_like(data.emb)
-    if data.qonly_mask.any():
-        data.qonly_emb[data.qonly_mask] = _embed([q for q, m in zip(stripped, data.qonly_mask) if m], encoder, layers)
+    copies = [q for q, m in zip(stripped, data.qonly_mask) if m]
+
+    def embed(enc: Any, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+        emb = _embed(data.prompts, enc, n_layers)
+        qonly = np.zeros_like(emb)
+        if copies:
+            qonly[data.qonly_mask] = _embed(copies, enc, n_layers)
+        return emb, qonly
+
+    data.emb, data.qonly_emb = embed(encoder, layers)
+    if full_encoder is not None:
+        data.target_emb, data.qonly_target_emb = embed(full_encoder, 0)
     data.features = prompt_features(data.prompts)
     return data
 
@@ -112,12 +136,23 @@ class KnnSpec:
     ramp: float = 0.25
     center: bool = True
     augment: bool = True  # index the question-only copies too
+    map_l2: float | None = None  # map `emb` onto `target_emb` (ridge, this L2) before the vote; None: no map
+
+
+MAP_L2 = 1.0  # --map-to-full's ridge penalty, chosen by the CV below (1 and 100 tried; docs/router-quality.md)
+
+
+def knn_head(train: RoutingData, spec: KnnSpec) -> EmbeddingHead:
+    """The kNN head over an index of ``train``; with ``spec.map_l2`` its map is fitted on ``train``'s
+    index rows alone."""
+    emb, labels = train.index(spec.augment)
+    projection = None if spec.map_l2 is None else ridge_map(emb, train.index_targets(spec.augment), spec.map_l2)
+    return EmbeddingHead(emb, labels, spec.k, spec.ramp, center=spec.center, projection=projection)
 
 
 def knn_fit_score(train: RoutingData, test: RoutingData, spec: KnnSpec) -> tuple[np.ndarray, np.ndarray]:
     """(vote, support) of ``test`` against an index of ``train``."""
-    emb, labels = train.index(spec.augment)
-    head = EmbeddingHead(emb, labels, spec.k, spec.ramp, center=spec.center)
+    head = knn_head(train, spec)
     return head.vote(head.embed(test.emb))
 
 
@@ -214,9 +249,11 @@ def group_folds(groups: list[str], seed: int = 0) -> np.ndarray:
 
 
 def concat(parts: list[RoutingData], name: str) -> RoutingData:
+    fields = ["weak", "strong", "emb", "qonly_emb", "qonly_mask", "features"]
+    if all(p.target_emb is not None for p in parts):
+        fields += ["target_emb", "qonly_target_emb"]
     return RoutingData(name, sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
-                       *(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("weak", "strong", "emb", "qonly_emb", "qonly_mask", "features")))
+                       *(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
 # --- the protocol --------------------------------------------------------------------------------
@@ -322,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-layers", type=int, default=0,
                    help="embed with the base encoder's first N transformer layers (as `make export "
                         "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
+    p.add_argument("--map-to-full", action="store_true",
+                   help="with --encoder-layers: map the shallow embeddings linearly onto the full encoder's "
+                        "before the vote (ridge, fitted inside every fold), as `make export EXPORT_ARGS="
+                        "'--encoder-layers N --map-to-full'` serves it")
+    p.add_argument("--map-l2", type=float, default=MAP_L2, help=argparse.SUPPRESS)  # the CV's own search
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -330,25 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     from export.train import keep_layers, load_encoder
     from export.pipeline import default_base_model
 
-    cache: dict[str, Any] = {}
+    if a.map_to_full and not a.encoder_layers:
+        p.error("--map-to-full needs --encoder-layers N")
+    cache: dict[int, Any] = {}
 
-    def encoder() -> Any:
-        if "enc" not in cache:
-            import torch
+    def loader(layers: int) -> Callable[[], Any]:
+        def encoder() -> Any:
+            if layers not in cache:
+                import torch
 
-            torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
-            cache["enc"] = load_encoder(default_base_model())
-            keep_layers(cache["enc"][1], a.encoder_layers)
-        return cache["enc"]
+                torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+                cache[layers] = load_encoder(default_base_model())
+                keep_layers(cache[layers][1], layers)
+            return cache[layers]
+        return encoder
 
+    full = loader(0) if a.map_to_full else None
     t0 = time.monotonic()
-    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), encoder, a.encoder_layers) for name, models in [
+    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), loader(a.encoder_layers), a.encoder_layers, full)
+            for name, models in [
         ("mmlu-train", "models.json"), ("mmlu-val", "models.json"), ("llmrouter-train", "llmrouter-models.json"),
         ("llmrouter-val", "llmrouter-models.json"), ("zeroeval-ood", "zeroeval-models.json")]}
     print(f">> data and embeddings ready in {time.monotonic() - t0:.0f}s", flush=True)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
-    spec = KnnSpec(k=a.k)
+    spec = KnnSpec(k=a.k, map_l2=a.map_l2 if a.map_to_full else None)
     if a.confidence:
         for flagged in confidence_report(sets, both, len(mmlu.prompts), spec):
             print(json.dumps(flagged), flush=True)

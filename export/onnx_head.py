@@ -18,6 +18,16 @@ from export.served_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT, SUPPORT_O
 SUPPORT_K = 10  # neighbours whose mean similarity measures how familiar a prompt is
 
 
+def ridge_map(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [dx, dy], bias [dy]) of the ridge regression ``y ~ x @ weight + bias`` (intercept
+    unpenalised): how a shallower encoder's embeddings are mapped onto the full encoder's."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc = x - mx
+    weight = np.linalg.solve(xc.T @ xc + l2 * np.eye(x.shape[1]), xc.T @ (y - my))
+    return weight.astype(np.float32), (my - mx @ weight).astype(np.float32)
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -32,6 +42,10 @@ class EmbeddingHead:
     last ``ramp`` fraction of the top-(k+1) similarity range), so the score is continuous in the
     embedding (ONNX vs PyTorch rounding cannot flip a neighbour in or out).
 
+    ``projection`` (weight, bias): a linear map applied to every pooled embedding first (queries and
+    index alike): with ``--map-to-full`` a shallow encoder's embeddings mapped onto the full
+    encoder's (``ridge_map``), so its neighbours are chosen in the full encoder's geometry.
+
     ``center``: subtract the index embeddings' mean before normalising (queries and index alike).
     MiniLM's embeddings share a common direction that inflates every cosine similarity; with it
     removed the neighbours are chosen more by content (docs/router-quality.md: train-CV and
@@ -44,10 +58,13 @@ class EmbeddingHead:
     """
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
-                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, center: bool = False):
-        raw = np.asarray(embeddings, dtype=np.float32)
+                 clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, center: bool = False,
+                 projection: tuple[np.ndarray, np.ndarray] | None = None):
+        self.projection = None if projection is None else (np.asarray(projection[0], np.float32),
+                                                            np.asarray(projection[1], np.float32))
+        raw = self._project(embeddings)
         self.center = raw.mean(axis=0) if center and len(raw) else None
-        self.embeddings = self.embed(raw)
+        self.embeddings = l2_normalize(raw if self.center is None else raw - self.center)
         self.labels = np.asarray(labels, dtype=np.float32).reshape(-1)
         if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
             raise ValueError("head: embeddings and labels must be non-empty and the same length")
@@ -63,9 +80,14 @@ class EmbeddingHead:
         """Width of the pooled input: the base embedding, twice that for the ensemble."""
         return int(self.embeddings.shape[1]) * (1 if self.clf_w is None else 2)
 
-    def embed(self, pooled_base: np.ndarray) -> np.ndarray:
-        """Index-space embedding of base-encoder pooled outputs: centred (if so built), L2-normalised."""
+    def _project(self, pooled_base: np.ndarray) -> np.ndarray:
         x = np.asarray(pooled_base, dtype=np.float32)
+        return x if self.projection is None else x @ self.projection[0] + self.projection[1]
+
+    def embed(self, pooled_base: np.ndarray) -> np.ndarray:
+        """Index-space embedding of base-encoder pooled outputs: projected and centred (if so
+        built), L2-normalised."""
+        x = self._project(pooled_base)
         return l2_normalize(x if self.center is None else x - self.center)
 
     def knn(self, emb: np.ndarray) -> np.ndarray:
@@ -162,8 +184,13 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
         summed = op("ReduceSum", [op("Mul", [hidden, mask], f"masked{i}"), axis1], f"sum{i}", keepdims=0)
         pooled.append(op("Div", [summed, count], f"pooled{i}"))
 
-    # kNN vote over the (centred,) L2-normalised base embedding
-    base = pooled[0] if head.center is None else op("Sub", [pooled[0], const("center", head.center)], "centered")
+    # kNN vote over the (projected, centred,) L2-normalised base embedding
+    base = pooled[0]
+    if head.projection is not None:
+        base = op("Add", [op("MatMul", [base, const("map_w", head.projection[0])], "mapped_raw"),
+                          const("map_b", head.projection[1])], "mapped")
+    if head.center is not None:
+        base = op("Sub", [base, const("center", head.center)], "centered")
     norm = op("Sqrt", [op("ReduceSum", [op("Mul", [base, base], "sq"), axis_last], "sumsq", keepdims=1)], "norm")
     emb = op("Div", [base, op("Max", [norm, const("eps12", np.float32(1e-12))], "norm_clamped")], "emb")
     if int8_index:

@@ -82,10 +82,18 @@ class ExportOptions:
     augment: str = "question-only"
     precision: str = "int8"  # int8: + a dynamic-quantized copy, served on CPU; fp32: the fp32 model only
     encoder_layers: int = 0  # the base encoder's first N transformer layers; 0: all
+    map_to_full: bool = False  # with encoder_layers: map its embeddings onto the full encoder's (ridge)
 
     @property
     def model_dir(self) -> Path:
         return self.model_repository / self.model_name
+
+
+# The shipped MiniLM cut to 5 of its 6 layers, its embeddings mapped onto the full encoder's
+# (--map-to-full): ahead of all 6 layers in every pooled cross-validated APGR column on the training
+# files (not in the per-task mean of held-out LLMRouter tasks), at 5/6 of the compute
+# (docs/router-quality.md).
+DEFAULT_ENCODER_LAYERS = 5
 
 
 def default_base_model() -> Path:
@@ -141,9 +149,16 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
                    help="int8 (default): add a dynamic-quantized copy of the model (model.int8.onnx, with its own "
                         "kNN index and calibration), served on CPU: about 2x faster, 1/4 the size, its scores checked "
                         "against fp32's; GPUs keep serving the fp32 model.onnx. fp32: the fp32 model only")
-    p.add_argument("--encoder-layers", type=int, default=ExportOptions.encoder_layers,
+    p.add_argument("--encoder-layers", type=int,
                    help="keep only the base encoder's first N transformer layers (its output is then that layer's, "
-                        "mean-pooled): less compute per prompt; 0 (default): all of them")
+                        "mean-pooled): less compute per prompt; 0: all of them. Default: "
+                        f"{DEFAULT_ENCODER_LAYERS} for --head blend and knn on the shipped encoder (with "
+                        "--map-to-full, chosen by cross-validation: docs/router-quality.md), else 0")
+    p.add_argument("--map-to-full", action=argparse.BooleanOptionalAction,
+                   help="map the cut encoder's embeddings (--encoder-layers) linearly onto the full encoder's "
+                        "before the vote (ridge regression on the training prompts; one matrix product in the "
+                        "graph): neighbours chosen in the full encoder's geometry at the cut encoder's cost. "
+                        "Default: on whenever --encoder-layers cuts the encoder and the head is blend or knn")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {ENSEMBLE_LR} for ensemble, {defaults.lr} "
                    "otherwise)")
@@ -173,8 +188,14 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         default = a.data_dir / EXTRA_TRAIN_FILE
         a.extra_train = [default] if a.head == "blend" and a.train is None and default.is_file() else []
     extra_train = tuple(f for f in a.extra_train if str(f) != "none")
+    if a.encoder_layers is None:
+        a.encoder_layers = DEFAULT_ENCODER_LAYERS if a.head in ("blend", "knn") and a.base_model is None else 0
     if a.encoder_layers < 0:
         p.error("--encoder-layers must be >= 0 (0: all layers)")
+    can_map = bool(a.encoder_layers) and a.head in ("blend", "knn")
+    if a.map_to_full and not can_map:
+        p.error("--map-to-full needs --encoder-layers N (N > 0) and --head blend or knn")
+    a.map_to_full = can_map if a.map_to_full is None else a.map_to_full
     if a.knn_k < 1 or not 0 < a.knn_ramp <= 1 or not 0 <= a.knn_weight <= 1:
         p.error("--knn-k >= 1, 0 < --knn-ramp <= 1 and 0 <= --knn-weight <= 1 are required")
     return ExportOptions(
@@ -189,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight,
         knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
         knn_center=a.knn_center, augment=a.augment,
-        precision=a.precision, encoder_layers=a.encoder_layers,
+        precision=a.precision, encoder_layers=a.encoder_layers, map_to_full=a.map_to_full,
         train_options=TrainOptions(
             epochs=a.epochs, max_length=a.max_length, batch_size=a.batch_size, lr=a.lr,
             weight_decay=a.weight_decay, seed=a.seed, freeze_layers=a.freeze_layers, threads=a.threads,
@@ -263,16 +284,19 @@ class ClassifierBranch:
 
 
 def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarray, opts: ExportOptions,
-                 branch: ClassifierBranch | None) -> tuple[Any, list[str]]:
+                 branch: ClassifierBranch | None, targets: np.ndarray | None = None) -> tuple[Any, list[str]]:
     """Append the head over the index embeddings ``emb`` (embedded by this precision's encoder, the
     served code path) to that precision's graph (export/onnx_head.py) and, for the ensemble, write
-    both branches' rank references (head[.int8].npz). Returns the numpy reference head (what the
+    both branches' rank references (head[.int8].npz). With ``targets`` (--map-to-full) the head maps
+    embeddings onto them first, fitted on ``emb``. Returns the numpy reference head (what the
     parity check compares the graph with) and the files written."""
-    from export.onnx_head import EmbeddingHead, attach_head
+    from export.cv import MAP_L2
+    from export.onnx_head import EmbeddingHead, attach_head, ridge_map
     from export.served_model import HEAD_FILE
 
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp, clf_w=branch.weight if branch else None,
-                         clf_b=branch.bias if branch else None, center=opts.knn_center == "mean")
+                         clf_b=branch.bias if branch else None, center=opts.knn_center == "mean",
+                         projection=None if targets is None else ridge_map(emb, targets, MAP_L2))
     files = []
     if branch is not None:
         knn_ref, clf_ref = head.components(branch.val_pooled)
@@ -298,8 +322,11 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
                           np.zeros_like(emb[:n]), np.zeros(n, bool), prompt_features(train.prompts))
     copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
     data.qonly_mask[copies], data.qonly_emb[copies] = True, emb[n:]
+    if job.map_targets is not None:  # every fit below maps with its own training rows only
+        data.target_emb, data.qonly_target_emb = job.map_targets[:n], np.zeros_like(emb[:n])
+        data.qonly_target_emb[copies] = job.map_targets[n:]
     spec = cv.KnnSpec(k=opts.knn_k, ramp=opts.knn_ramp, center=opts.knn_center == "mean",
-                      augment=opts.augment == "question-only")
+                      augment=opts.augment == "question-only", map_l2=cv.MAP_L2 if job.map_targets is not None else None)
     fitted = next(iter(job.blends.values()), None)  # one blend for every precision: fitted on the first (fp32)
     log(f">> [3/5] {precision}: " + ("out-of-fold votes for the calibration and the familiarity reference" if fitted
         else f"fitting the blend of the vote and the prompt features ({opts.blend_features}) on out-of-fold votes "
@@ -352,6 +379,7 @@ class ExportJob:
     oof_scores: dict[str, np.ndarray] = field(default_factory=dict)
     blends: dict[str, Any] = field(default_factory=dict)  # blend head: the fitted LogisticBlend per precision
     cv: dict[str, Any] = field(default_factory=dict)  # the served recipe's cross-validated figures
+    map_targets: np.ndarray | None = None  # --map-to-full: the full encoder's embeddings of the index prompts
 
     @property
     def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
@@ -494,6 +522,7 @@ def quantize(job: ExportJob) -> None:
 
 
 def _head_metadata(job: ExportJob) -> None:
+    from export.cv import MAP_L2
     from export.train import CE3_CLASSES
 
     opts, t = job.opts, job.opts.train_options
@@ -504,6 +533,10 @@ def _head_metadata(job: ExportJob) -> None:
         "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if job.ensemble else 1.0,
         "label": opts.knn_label, "n_train": len(job.train), "n_index": len(job.index_prompts),
         "augment": opts.augment,
+        "map": None if not opts.map_to_full else {
+            "kind": "ridge", "l2": MAP_L2,
+            "from_layers": opts.encoder_layers, "onto": "the full base encoder's mean-pooled embeddings",
+            "fitted_on": "the index prompts (inside every fold for the out-of-fold figures)"},
         "description": "score = weighted mean of the k nearest index prompts' labels (cosine similarity of "
                        "mean-pooled embeddings"
                        + (", centred on the index mean" if opts.knn_center == "mean" else "")
@@ -540,6 +573,17 @@ def _head_metadata(job: ExportJob) -> None:
                                              "classifier's P(strong better) - P(weak better).")
 
 
+def _full_encoder_embeddings(job: ExportJob) -> np.ndarray:
+    """--map-to-full: what the shallow encoder's embeddings are mapped onto, the full base encoder's
+    (PyTorch, fp32) embeddings of the index prompts."""
+    from export.train import load_encoder, predict_embeddings
+
+    tokenizer, full = load_encoder(job.base_model)
+    log(f">> [3/5] --map-to-full: embedding {len(job.index_prompts)} index prompts with the full encoder "
+        f"({full.config.num_hidden_layers} layers), the map's target")
+    return predict_embeddings(full, tokenizer, job.index_prompts, job.opts.train_options.max_length)
+
+
 def attach_heads(job: ExportJob) -> None:
     """[3/5] Embedding heads: per precision, embed the index through that precision's exported
     encoder (the served code path) and append the head to its graph."""
@@ -552,6 +596,8 @@ def attach_heads(job: ExportJob) -> None:
         linear = job.clf_head[1]
         branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
                                   linear.bias.detach().numpy().astype(np.float64), job.torch_out)
+    if job.opts.map_to_full:
+        job.map_targets = _full_encoder_embeddings(job)
     for precision in job.precisions:
         log(f">> [3/5] {precision}: embedding {len(job.index_prompts)} training prompts ({len(job.train)} + "
             f"question-only copies: {job.opts.augment}) through the exported encoder (served code path), then "
@@ -561,7 +607,7 @@ def attach_heads(job: ExportJob) -> None:
         if job.blend:
             job.files.extend(_fit_signals(job, precision, emb))
         job.references[precision], written = _attach_head(job.stage, precision, emb, job.index_labels, job.opts,
-                                                          branch)
+                                                          branch, job.map_targets)
         job.files.extend(written)
 
 

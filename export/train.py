@@ -228,8 +228,11 @@ def _predict_batched(tokenizer: Any, prompts: Sequence[str], max_length: int, wi
     encoded = tokenizer(list(prompts), truncation=True, max_length=max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded["input_ids"][i]))
     out = np.zeros((len(prompts), width), dtype=np.float32)
+    from tqdm.auto import tqdm
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc="embedding (PyTorch)", unit="batch",
+                          disable=len(order) <= 4 * batch_size):
             index = order[start : start + batch_size]
             out[index] = forward(_collate(encoded, index, tokenizer.pad_token_id)).float().numpy()
     return out

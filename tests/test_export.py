@@ -235,15 +235,25 @@ def test_keep_layers_serves_a_lower_layer() -> None:
     assert len(cut.encoder.layer) == 4
     with pytest.raises(ValueError, match="4 layers"):
         keep_layers(cut, 5)
-    assert parse_args(["--encoder-layers", "3"]).encoder_layers == 3 and parse_args([]).encoder_layers == 0
-    with pytest.raises(SystemExit):
-        parse_args(["--encoder-layers", "-1"])
+    # Defaults: 5 layers mapped onto all 6 for the embedding heads on the shipped encoder; the
+    # fine-tuned heads and another base model keep every layer, unmapped.
+    layers = {tuple(args): (o.encoder_layers, o.map_to_full) for args in (
+        [], ["--head", "knn"], ["--encoder-layers", "3"], ["--encoder-layers", "0"], ["--no-map-to-full"],
+        ["--head", "ensemble"], ["--base-model", "elsewhere"]) for o in [parse_args(args)]}
+    assert layers == {(): (5, True), ("--head", "knn"): (5, True), ("--encoder-layers", "3"): (3, True),
+                      ("--encoder-layers", "0"): (0, False), ("--no-map-to-full",): (5, False),
+                      ("--head", "ensemble"): (0, False), ("--base-model", "elsewhere"): (0, False)}
+    for bad in (["--encoder-layers", "-1"], ["--encoder-layers", "0", "--map-to-full"],
+                ["--head", "classifier", "--encoder-layers", "3", "--map-to-full"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
     """The default head: the kNN vote blended with prompt features, trained on the MMLU file and
     LLMRouter's tasks (each with its own pair), calibrated on out-of-fold training scores, with a
-    confidence; the recipe's cross-validated figures are recorded."""
+    confidence; the recipe's cross-validated figures are recorded. The encoder is cut to 5 layers
+    and its embeddings are mapped onto the full encoder's before the vote."""
     from export.onnx_head import EmbeddingHead
     from export.served_model import FEATURE_NAMES, ClassifierRuntime, LogisticBlend, RuntimeSettings, prompt_features
 
@@ -254,6 +264,7 @@ def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
     version = exported.model_dir / "4"
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["hyperparameters"]["head"] == "blend" and meta["hyperparameters"]["epochs"] == 0
+    assert meta["base_model"]["layers"] == 5 and meta["head"]["map"]["from_layers"] == 5
     assert [Path(e["path"]).name for e in meta["data"]["extra_train"]] == ["llmrouter-train.jsonl"]
     n_train = meta["head"]["n_train"]
     assert n_train == 512  # 256 of each file
@@ -277,7 +288,8 @@ def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("head/")}
     head = EmbeddingHead(weights["head/index_t"].T, weights["head/labels"], meta["head"]["k"], meta["head"]["ramp"])
     pooled = runtime.run(prompts, ["pooled"])[0]
-    vote, support = head.vote(head.embed(pooled - weights["head/center"]))
+    mapped = pooled @ weights["head/map_w"] + weights["head/map_b"]
+    vote, support = head.vote(head.embed(mapped - weights["head/center"]))
     graph_vote, graph_support = runtime.run(prompts, ["knn_score", "knn_support"])
     np.testing.assert_allclose(graph_vote, vote, atol=1e-5)
     np.testing.assert_allclose(graph_support, support, atol=1e-5)
@@ -290,6 +302,21 @@ def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
     assert np.all((confidence >= 0) & (confidence <= 1))
     assert confidence[4] < 0.5 < confidence[:4].min(), confidence
     assert confidence[4] < confidence[5], confidence  # a code request: LLMRouter's mbpp tasks are in the index
+    # The map brings the cut encoder's embeddings of prompts it was not fitted on (validation
+    # prompts) towards the full encoder's: closer than the unmapped ones, by centred cosine.
+    from export.train import load_encoder, predict_embeddings
+    from export.pipeline import default_base_model
+
+    val = [json.loads(line)["prompt"] for line in (exported.data / "mmlu-val.jsonl").read_text().splitlines()[:64]]
+    tokenizer, full = load_encoder(default_base_model())
+    target = predict_embeddings(full, tokenizer, val, 64)
+    cut = runtime.run(val, ["pooled"])[0]
+
+    def centred_cosine(x: np.ndarray) -> float:
+        a, b = x - x.mean(0), target - target.mean(0)
+        return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+    assert centred_cosine(cut @ weights["head/map_w"]) > centred_cosine(cut) + 0.1
 
 
 def _small_val(exported: SimpleNamespace, tmp_path: Path, n: int = 96) -> Path:

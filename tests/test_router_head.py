@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
 from export.metrics import spearman
-from export.onnx_head import EmbeddingHead, attach_head, quantize_rows
+from export import cv
+from export.onnx_head import EmbeddingHead, attach_head, quantize_rows, ridge_map
 from export.served_model import RankBlend, rank_in, rank_table
 
 
@@ -141,9 +142,11 @@ def _mean_pool(table: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarr
     return h.sum(axis=1) / mask.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("n_index, k, center", [(60, 7, False), (60, 7, True), (5, 9, True)])
-def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int, k: int, center: bool) -> None:
-    """The ramped vote, raw and centred; fewer index rows than k + 1."""
+@pytest.mark.parametrize("n_index, k, center, project", [(60, 7, False, False), (60, 7, True, False),
+                                                         (5, 9, True, False), (60, 7, True, True)])
+def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int, k: int, center: bool,
+                                                    project: bool) -> None:
+    """The ramped vote, raw and centred; fewer index rows than k + 1; with a linear map first."""
     rng = np.random.default_rng(n_index)
     dim, vocab = 8, 30
     base, tuned = (rng.normal(size=(vocab, dim)).astype(np.float32) for _ in range(2))
@@ -157,10 +160,17 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
     mask[4, 1:] = 0
     pooled = np.hstack([_mean_pool(base, ids, mask), _mean_pool(tuned, ids, mask)])
     index += 2.0  # a shared offset, as real sentence embeddings have: centring changes the neighbours
-    head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b, center=center)
+    projection = (rng.normal(size=(dim, dim)).astype(np.float32), rng.normal(size=dim).astype(np.float32)) \
+        if project else None
+    head = EmbeddingHead(index, labels, k=k, ramp=0.25, clf_w=clf_w, clf_b=clf_b, center=center,
+                         projection=projection)
     attach_head(tmp_path / "enc.onnx", tmp_path / "model.onnx", head)
-    has_center = any(i.name == "head/center" for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer)
-    assert has_center == center
+    initializers = {i.name for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    assert ("head/center" in initializers) == center and ("head/map_w" in initializers) == project
+    if project:  # index and queries are mapped alike, and the map changes which index rows are nearest
+        np.testing.assert_allclose(head.embed(index), head.embeddings, atol=1e-5)
+        assert not np.allclose(head.components(pooled)[0],
+                               EmbeddingHead(index, labels, k=k, ramp=0.25, center=center).components(pooled[:, :dim])[0])
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     assert [o.name for o in session.get_outputs()] == ["knn_score", "knn_support", "clf_score", "pooled"]
@@ -232,3 +242,39 @@ def test_attached_knn_head_alone_and_a_missing_branch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hidden states"):
         attach_head(tmp_path / "enc.onnx", tmp_path / "x.onnx",
                     EmbeddingHead(emb, labels, k=1, clf_w=np.eye(4)[:3], clf_b=np.zeros(3)))
+
+
+def test_ridge_map_recovers_a_linear_map() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 6))
+    a, c = rng.normal(size=(6, 4)), rng.normal(size=4)
+    weight, bias = ridge_map(x, x @ a + c, l2=1e-6)
+    np.testing.assert_allclose(weight, a, atol=1e-4)
+    np.testing.assert_allclose(bias, c, atol=1e-4)
+    shrunk, _ = ridge_map(x, x @ a + c, l2=1e4)  # the penalty pulls the weights towards 0
+    assert np.abs(shrunk).sum() < 0.5 * np.abs(a).sum()
+
+
+def _routing_rows(rng: np.random.Generator, n: int, dim: int = 6) -> cv.RoutingData:
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    return cv.RoutingData("rows", [f"p{i}" for i in range(n)], ["s"] * n, rng.random(n), rng.random(n), emb,
+                          np.zeros_like(emb), np.zeros(n, bool), np.zeros((n, 1), np.float32),
+                          target_emb=rng.normal(size=(n, dim)).astype(np.float32), qonly_target_emb=np.zeros_like(emb))
+
+
+def test_map_is_fitted_on_the_training_rows_alone() -> None:
+    """--map-to-full in the cross-validation: the map comes from the index (training) rows; the
+    scored rows' own full-encoder embeddings never enter it."""
+    rng = np.random.default_rng(5)
+    train, test = _routing_rows(rng, 80), _routing_rows(rng, 20)
+    spec, plain = cv.KnnSpec(k=5, map_l2=1.0), cv.KnnSpec(k=5)
+    vote = cv.knn_fit_score(train, test, spec)[0]
+    test.target_emb = rng.normal(size=test.target_emb.shape).astype(np.float32)
+    np.testing.assert_array_equal(cv.knn_fit_score(train, test, spec)[0], vote)
+    other = cv.RoutingData(**{**train.__dict__, "target_emb": rng.normal(size=train.target_emb.shape).astype(np.float32)})
+    assert not np.array_equal(cv.knn_fit_score(other, test, spec)[0], vote)
+    assert not np.array_equal(cv.knn_fit_score(train, test, plain)[0], vote)
+    np.testing.assert_allclose(cv.knn_head(train, spec).projection[0], ridge_map(train.emb, train.target_emb, 1.0)[0])
+    # the folds see it too: subsets and concatenations carry the target embeddings along
+    assert cv.concat([train, test], "both").target_emb.shape == (100, 6)
+    np.testing.assert_array_equal(train.subset(np.arange(3)).target_emb, train.target_emb[:3])
