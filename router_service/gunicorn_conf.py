@@ -17,14 +17,27 @@ bind = f"{os.environ.get('ROUTER_HOST', '127.0.0.1')}:{os.environ.get('ROUTER_PO
 # thousand streams, so that idle keep-alive connections never keep a new request out.
 # gevent_worker.py: gunicorn's gevent worker, whose stop does not wait for idle keep-alive connections.
 WORKER_CLASSES = {"gevent": "router_service.gevent_worker.GeventWorker", "gthread": "gthread"}
-worker_class = WORKER_CLASSES[os.environ.get("ROUTER_WORKER_CLASS", "gevent")]
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-threads = int(os.environ.get("ROUTER_THREADS", "1024"))
-worker_connections = int(os.environ.get("ROUTER_WORKER_CONNECTIONS", str(max(4096, 2 * threads))))
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer setting; a wrong one stops the start with its name, not a bare traceback."""
+    raw = os.environ.get(name, str(default))
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        raise ValueError(f"{name}={raw!r}: expected an integer >= {minimum}")
+    return int(raw)
+
+
+_worker_class = os.environ.get("ROUTER_WORKER_CLASS", "gevent")
+if _worker_class not in WORKER_CLASSES:
+    raise ValueError(f"ROUTER_WORKER_CLASS={_worker_class!r}: expected one of {', '.join(WORKER_CLASSES)}")
+worker_class = WORKER_CLASSES[_worker_class]
+workers = _env_int("WEB_CONCURRENCY", 1)
+threads = _env_int("ROUTER_THREADS", 1024)
+worker_connections = _env_int("ROUTER_WORKER_CONNECTIONS", max(4096, 2 * threads))
 # Streams of long generations must not be killed by the worker timeout.
-timeout = int(os.environ.get("ROUTER_WORKER_TIMEOUT", "600"))
+timeout = _env_int("ROUTER_WORKER_TIMEOUT", 600, minimum=0)  # 0: gunicorn's "never"
 # Long streams get this long to finish when a pod is stopped (match terminationGracePeriodSeconds).
-graceful_timeout = int(os.environ.get("ROUTER_GRACEFUL_TIMEOUT", "30"))
+graceful_timeout = _env_int("ROUTER_GRACEFUL_TIMEOUT", 30, minimum=0)
 keepalive = 75
 accesslog = os.environ.get("ROUTER_ACCESS_LOG", "-")
 errorlog = "-"

@@ -95,3 +95,20 @@ def test_local_llms_default_budget_is_the_routers() -> None:
         if target.kind == "triton":
             pbtxt = (ROOT / "model_repository" / target.model / "config.pbtxt").read_text()
             assert f'key: "default_max_tokens", value: {{ string_value: "{target.default_max_tokens}" }}' in pbtxt
+
+
+@pytest.mark.parametrize("name, value", [("ROUTER_WORKER_CLASS", "eventlet"), ("WEB_CONCURRENCY", "two"),
+                                         ("ROUTER_THREADS", "0"), ("ROUTER_WORKER_TIMEOUT", "-5")])
+def test_a_wrong_server_setting_names_itself(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """gunicorn_conf.py reads the server settings from the environment (the chart sets them); a
+    wrong one stops the start with its name and value instead of a bare KeyError or int() error."""
+    import runpy
+
+    conf = Path(__file__).resolve().parents[1] / "router_service" / "gunicorn_conf.py"
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert runpy.run_path(str(conf))["timeout"] == 600
+    monkeypatch.setenv("ROUTER_WORKER_TIMEOUT", "0")  # gunicorn's "no timeout" stays allowed
+    assert runpy.run_path(str(conf))["timeout"] == 0
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}='{value}'"):
+        runpy.run_path(str(conf))
