@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --encoder-layers: map the shallow embeddings linearly onto the full encoder's "
                         "before the vote (ridge, fitted inside every fold), as `make export EXPORT_ARGS="
                         "'--encoder-layers N --map-to-full'` serves it")
-    p.add_argument("--map-l2", type=float, default=MAP_L2, help=argparse.SUPPRESS)  # the CV's own search
+    p.add_argument("--map-l2", type=float, default=MAP_L2,
+                   help=f"the map's ridge penalty (default {MAP_L2}, what `make export` uses: chosen by this CV)")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
