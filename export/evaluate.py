@@ -161,6 +161,10 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     if cv:
         result["served_version_cv_apgr"] = {f"{protocol}/{part}": r4(row["apgr"]) for protocol, rows in cv.items()
                                             for part, row in rows.items()}
+        # Held-out sources: each fold's rows pooled alone (one model's scores; export/cv.py fold_pooled_apgr).
+        result["served_version_cv_apgr"].update({f"{protocol}/{part}/within_folds": r4(row["fold_pooled_apgr"])
+                                                 for protocol, rows in cv.items() for part, row in rows.items()
+                                                 if "fold_pooled_apgr" in row})
     return result
 
 

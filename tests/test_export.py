@@ -249,7 +249,7 @@ def test_keep_layers_serves_a_lower_layer() -> None:
             parse_args(bad)
 
 
-def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
+def test_blend_head_is_the_default(exported: SimpleNamespace, tmp_path: Path) -> None:
     """The default head: the kNN vote blended with prompt features, trained on the MMLU file and
     LLMRouter's tasks (each with its own pair), calibrated on out-of-fold training scores, with a
     confidence; the recipe's cross-validated figures are recorded. The encoder is cut to 5 layers
@@ -273,6 +273,18 @@ def test_blend_head_is_the_default(exported: SimpleNamespace) -> None:
     for protocol in ("random", "grouped"):
         for part in ("mmlu", "other"):
             assert 0.0 < meta["cv"][protocol][part]["apgr"] < 1.5
+    # Held-out sources are also scored fold by fold (one model's scores pooled: export/cv.py).
+    for part in ("mmlu", "other"):
+        grouped = meta["cv"]["grouped"][part]
+        assert grouped["per_fold"] and grouped["fold_pooled_apgr"] == pytest.approx(np.mean(grouped["per_fold"]), abs=1e-4)
+    assert "fold_pooled_apgr" not in meta["cv"]["random"]["mmlu"]
+    proc = run_module("export.evaluate", "--data", str(_small_val(exported, tmp_path)), "--scores",
+                      str(tmp_path / "scores.jsonl"), "--model-repository", str(exported.repo), "--version", "4",
+                      "--models-json", str(exported.data / "models.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = last_json(proc.stdout)["served_version_cv_apgr"]
+    assert printed["grouped/other/within_folds"] == meta["cv"]["grouped"]["other"]["fold_pooled_apgr"]
+    assert printed["grouped/other"] == meta["cv"]["grouped"]["other"]["apgr"] and "random/mmlu/within_folds" not in printed
     for name in ("head.npz", "head.int8.npz"):
         with np.load(version / name) as head:
             assert set(head.files) == {"blend_mean", "blend_scale", "blend_coef", "blend_intercept", "support_ref"}

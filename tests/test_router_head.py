@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import merge_encoders
+from export import metrics
 from export.metrics import spearman
 from export import cv
 from export.onnx_head import EmbeddingHead, attach_head, quantize_rows, ridge_map
@@ -278,3 +279,23 @@ def test_map_is_fitted_on_the_training_rows_alone() -> None:
     # the folds see it too: subsets and concatenations carry the target embeddings along
     assert cv.concat([train, test], "both").target_emb.shape == (100, 6)
     np.testing.assert_array_equal(train.subset(np.arange(3)).target_emb, train.target_emb[:3])
+
+
+def test_grouped_cv_pools_each_fold_alone() -> None:
+    """Held-out folds are scored by different models, each on its own scale: the grouped figure
+    pools each fold's rows alone, so shifting one fold's scores (another model's intercept) moves
+    the figure pooled across folds and not the one within them."""
+    rng = np.random.default_rng(3)
+    n = 300
+    data = _routing_rows(rng, n)
+    data.weak, data.strong = rng.random(n) * 0.6, 0.4 + rng.random(n) * 0.6  # the strong model gains in every fold
+    folds = np.repeat([0, 1, 2], n // 3)
+    good = data.strong - data.weak + rng.normal(0.0, 0.3, n)  # an informative score
+    shifted = good + np.where(folds == 1, 5.0, 0.0)
+    per_fold = [metrics.apgr(good[folds == f], data.weak[folds == f], data.strong[folds == f]) for f in range(3)]
+    row = cv.report(shifted, data, folds=folds)
+    assert row["per_fold"] == pytest.approx(per_fold, abs=1e-4)
+    assert row["fold_pooled_apgr"] == pytest.approx(np.mean(per_fold), abs=1e-4)
+    assert cv.report(good, data, folds=folds)["fold_pooled_apgr"] == row["fold_pooled_apgr"]
+    assert abs(row["apgr"] - cv.report(good, data)["apgr"]) > 0.01  # across folds the shift counts
+    assert "fold_pooled_apgr" not in cv.report(good, data)  # random folds: one pooled figure
