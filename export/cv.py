@@ -281,12 +281,8 @@ def fold_pooled_apgr(scores: np.ndarray, data: RoutingData, folds: np.ndarray) -
     model produces (one model scores all traffic). Within a fold the held-out tasks are ordered by
     one model, as served (docs/router-quality.md: the blend's held-out-task figure pooled across
     folds was 0.50 against 0.60 within them). Folds whose stronger model gains nothing are skipped."""
-    per = []
-    for f in np.unique(folds):
-        rows = folds == f
-        value = metrics.apgr(scores[rows], data.weak[rows], data.strong[rows])
-        if not np.isnan(value):
-            per.append(round(float(value), 4))
+    per = list(metrics.per_source_apgr(scores, data.weak, data.strong, [str(f) for f in folds], min_prompts=1,
+                                       min_gap=0.0).values())
     return (round(float(np.mean(per)), 4) if per else float("nan")), per
 
 
@@ -429,11 +425,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(flagged), flush=True)
         return 0
     results: dict[str, Any] = {}
+    subjects, sources = group_folds(mmlu.sources), group_folds(both.sources)
     for name, fit in candidates(spec).items():
         if a.only and name not in a.only:
             continue
         t = time.monotonic()
-        subjects, sources = group_folds(mmlu.sources), group_folds(both.sources)
         row: dict[str, Any] = {
             "cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu),
             "cv_subject_mmlu": report(oof(mmlu, subjects, fit), mmlu, folds=subjects),
