@@ -347,29 +347,36 @@ def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: i
                       below: float = 0.05) -> list[dict[str, Any]]:
     """What the confidence flags, per set: the share of prompts below ``below``, how often the
     strong model is better on them and on the rest, and the vote's APGR when the flagged prompts
-    are sent strong (or weak) first. Out-of-fold votes for the training files."""
+    are sent strong (or weak) first. Out-of-fold votes for the training files; for the held-out
+    sources the APGR is pooled within each fold (``fold_pooled_apgr``)."""
     familiar = oof_votes(both, random_folds(len(both.prompts)), spec)
-    grouped = oof_votes(both, group_folds(both.sources), spec)
+    source_folds = group_folds(both.sources)
+    grouped = oof_votes(both, source_folds, spec)
     reference = np.sort(familiar[1])
     mmlu, other = np.arange(n_mmlu), np.arange(n_mmlu, len(both.prompts))
-    cases: list[tuple[str, tuple[np.ndarray, np.ndarray], RoutingData, np.ndarray | None]] = [
-             ("MMLU, random folds", familiar, both.subset(mmlu), mmlu),
-             ("MMLU, held-out subjects", grouped, both.subset(mmlu), mmlu),
-             ("other files, held-out tasks", grouped, both.subset(other), other)]
-    cases += [(name, knn_fit_score(both, sets[name], spec), sets[name], None)
+    Case = tuple[str, tuple[np.ndarray, np.ndarray], RoutingData, np.ndarray | None, np.ndarray | None]
+    cases: list[Case] = [("MMLU, random folds", familiar, both.subset(mmlu), mmlu, None),
+                         ("MMLU, held-out subjects", grouped, both.subset(mmlu), mmlu, source_folds[mmlu]),
+                         ("other files, held-out tasks", grouped, both.subset(other), other, source_folds[other])]
+    cases += [(name, knn_fit_score(both, sets[name], spec), sets[name], None, None)
               for name in ("mmlu-val", "llmrouter-val", "zeroeval-ood")]
     rows = []
-    for name, (vote, support), data, idx in cases:
+    for name, (vote, support), data, idx, folds in cases:
         if idx is not None:
             vote, support = vote[idx], support[idx]
         low = np.searchsorted(reference, support, side="right") / len(reference) < below
         better = data.strong > data.weak
+
+        def apgr(scores: np.ndarray) -> float:
+            if folds is None:
+                return round(metrics.apgr(scores, data.weak, data.strong), 4)
+            return fold_pooled_apgr(scores, data, folds)[0]
+
         rows.append({"set": name, "below": round(float(low.mean()), 4),
                      "strong_better_below": round(float(better[low].mean()), 3) if low.any() else None,
                      "strong_better_above": round(float(better[~low].mean()), 3),
-                     "apgr_vote": round(metrics.apgr(vote, data.weak, data.strong), 4),
-                     "apgr_low_strong_first": round(metrics.apgr(np.where(low, 2.0, vote), data.weak, data.strong), 4),
-                     "apgr_low_weak_first": round(metrics.apgr(np.where(low, -1.0, vote), data.weak, data.strong), 4)})
+                     "apgr_vote": apgr(vote), "apgr_low_strong_first": apgr(np.where(low, 2.0, vote)),
+                     "apgr_low_weak_first": apgr(np.where(low, -1.0, vote))})
     return rows
 
 
