@@ -374,7 +374,7 @@ def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: i
 
         rows.append({"set": name, "below": round(float(low.mean()), 4),
                      "strong_better_below": round(float(better[low].mean()), 3) if low.any() else None,
-                     "strong_better_above": round(float(better[~low].mean()), 3),
+                     "strong_better_above": round(float(better[~low].mean()), 3) if not low.all() else None,
                      "apgr_vote": apgr(vote), "apgr_low_strong_first": apgr(np.where(low, 2.0, vote)),
                      "apgr_low_weak_first": apgr(np.where(low, -1.0, vote))})
     return rows

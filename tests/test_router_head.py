@@ -299,3 +299,28 @@ def test_grouped_cv_pools_each_fold_alone() -> None:
     assert cv.report(good, data, folds=folds)["fold_pooled_apgr"] == row["fold_pooled_apgr"]
     assert abs(row["apgr"] - cv.report(good, data)["apgr"]) > 0.01  # across folds the shift counts
     assert "fold_pooled_apgr" not in cv.report(good, data)  # random folds: one pooled figure
+
+
+def test_confidence_flags_what_the_index_has_not_seen() -> None:
+    """`make cv --confidence`: prompts from a subject or task held out of the index (or from no
+    training group at all) fall below the familiar prompts' supports; familiar ones do not."""
+    rng = np.random.default_rng(11)
+    centres = {name: rng.normal(size=8) * 10 for name in ("mmlu/a", "mmlu/b", "mmlu/c", "llmrouter/x",
+                                                          "llmrouter/y", "llmrouter/z", "zeroeval/new")}
+
+    def rows(groups: list[str], n: int) -> cv.RoutingData:
+        sources = [groups[i % len(groups)] for i in range(n)]
+        data = _routing_rows(rng, n, dim=8)
+        data.emb = np.array([centres[s] + rng.normal(size=8) for s in sources], np.float32)
+        data.sources, data.weak, data.strong = sources, rng.random(n) * 0.6, 0.3 + rng.random(n) * 0.7
+        return data
+
+    mmlu, other = rows(["mmlu/a", "mmlu/b", "mmlu/c"], 150), rows(["llmrouter/x", "llmrouter/y", "llmrouter/z"], 150)
+    sets = {"mmlu-val": rows(["mmlu/a"], 30), "llmrouter-val": rows(["llmrouter/y"], 30),
+            "zeroeval-ood": rows(["zeroeval/new"], 30)}
+    report = {r["set"]: r for r in cv.confidence_report(sets, cv.concat([mmlu, other], "both"), 150, cv.KnnSpec(k=5))}
+    assert report["MMLU, random folds"]["below"] < 0.1 and report["mmlu-val"]["below"] < 0.3
+    assert report["MMLU, held-out subjects"]["below"] > 0.5 and report["other files, held-out tasks"]["below"] > 0.5
+    assert report["zeroeval-ood"]["below"] == 1.0 and report["zeroeval-ood"]["strong_better_above"] is None
+    # every prompt flagged: sending the flagged ones strong first leaves no order at all
+    assert report["zeroeval-ood"]["apgr_low_strong_first"] == pytest.approx(0.5)
