@@ -159,12 +159,13 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     # What the export's cross-validation on training data says of the served recipe (docs/router-quality.md).
     cv = runtime.metadata.get("cv")
     if cv:
-        result["served_version_cv_apgr"] = {f"{protocol}/{part}": r4(row["apgr"]) for protocol, rows in cv.items()
-                                            for part, row in rows.items()}
-        # Held-out sources: each fold's rows pooled alone (one model's scores; export/cv.py fold_pooled_apgr).
-        result["served_version_cv_apgr"].update({f"{protocol}/{part}/within_folds": r4(row["fold_pooled_apgr"])
-                                                 for protocol, rows in cv.items() for part, row in rows.items()
-                                                 if "fold_pooled_apgr" in row})
+        apgrs: dict[str, Any] = {}
+        for protocol, rows in cv.items():
+            for part, row in rows.items():
+                apgrs[f"{protocol}/{part}"] = r4(row["apgr"])
+                if "fold_pooled_apgr" in row:  # held-out sources: each fold's rows pooled alone (export/cv.py)
+                    apgrs[f"{protocol}/{part}/within_folds"] = r4(row["fold_pooled_apgr"])
+        result["served_version_cv_apgr"] = apgrs
     return result
 
 
