@@ -26,7 +26,7 @@ VALUES ?=
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench bench-compare test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -167,6 +167,15 @@ observe: $(STAMP_ALL) $(HELM) $(PROMETHEUS) ## The stack + a real Prometheus und
 
 bench: $(STAMP_ALL) $(WRK) $(VEGETA) $(LITELLM) ## Benchmarks: overhead, wrk and fixed-rate load beside LiteLLM, classifier, LLM tokens/s, 1,000 streams
 	$(PY) -m bench --model-repository $(MODEL_REPOSITORY) --wrk $(WRK) --vegeta $(VEGETA) --litellm $(LITELLM) $(BENCH_ARGS)
+
+# Router-model versions side by side: one Triton per version, runs alternating (e.g. the default
+# against an `--encoder-layers 3` export); BENCH_ARGS go to every run.
+VERSIONS ?=
+RUNS ?= 2
+bench-compare: $(STAMP_ALL) $(WRK) $(VEGETA) ## Alternate make bench over router-model versions: VERSIONS="6 7" RUNS=2 (no LiteLLM, no streams)
+	@test -n "$(VERSIONS)" || { echo 'give VERSIONS="A B": router_classifier versions to compare'; exit 2; }
+	$(PY) -m bench.compare --model-repository $(MODEL_REPOSITORY) --versions $(VERSIONS) --runs $(RUNS) -- \
+		--wrk $(WRK) --vegeta $(VEGETA) --rates 50 --streams 0 $(BENCH_ARGS)
 
 # Chromium and its WebDriver for the playground's browser tests: Debian's packages and the few
 # libraries this machine lacks, unpacked (no root, no apt state) into tools/ once. Not pinned by

@@ -96,7 +96,7 @@ def _ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name == "__pycache__" or path.suffix == ".pyc"
 
 
-def _version_dirs(model_dir: Path) -> list[int]:
+def version_dirs(model_dir: Path) -> list[int]:
     return sorted(
         int(child.name)
         for child in model_dir.iterdir()
@@ -132,7 +132,7 @@ def select_files(repository: Path, models: list[str] | None = None) -> dict[str,
     for name in found:
         model_dir = repository / name
         policy = parse_version_policy((model_dir / CONFIG).read_text(encoding="utf-8"))
-        served = policy.select(_version_dirs(model_dir))
+        served = policy.select(version_dirs(model_dir))
         if not served:
             raise PackagingError(
                 f"{name}: no version directory matches its version_policy ({policy.kind}); "
