@@ -52,10 +52,13 @@ def test_summary_gives_medians_runs_and_the_ratio(tmp_path: Path) -> None:
             {"auto_overhead_p50_ms": 8.0, "manual_overhead_p50_ms": 1.2, "load_direct_c1_rps": 7000.0,
              "classifier_prompts_per_s": 400.0, "cpu_count": 2}],
     }
+    for i, run in enumerate(runs[6] + runs[7]):  # with --litellm: the ratios against it
+        run["ratio_auto_vs_litellm_c64_rps"] = 2.0 + i / 10
     rows = {r["figure"]: r for r in summarize(runs)}
     # Figures outside the default keys (the upstream alone, the machine) and figures some run lacks
     # (a step skipped) are left out.
-    assert set(rows) == {"auto_overhead_p50_ms", "manual_overhead_p50_ms"}
+    assert set(rows) == {"auto_overhead_p50_ms", "manual_overhead_p50_ms", "ratio_auto_vs_litellm_c64_rps"}
+    assert rows["ratio_auto_vs_litellm_c64_rps"]["median"] == {6: 2.1, 7: 2.4}
     auto = rows["auto_overhead_p50_ms"]
     assert auto["median"] == {6: 12.0, 7: 9.0}
     assert auto["runs"] == {6: [12.0, 11.0, 14.0], 7: [9.0, 10.0, 8.0]}
