@@ -10,8 +10,8 @@
   5. fixed concurrency: wrk at 1, 8 and 64 connections (requests/s, p50/p99) for the upstream
      directly, manual and automatic routing and LiteLLM (the decision cache off, bodies rotating
      over 512 prompts);
-  6. fixed rate: vegeta at --rates requests/s, same four (open loop: latency under a set arrival
-     rate, where the overhead aims are stated);
+  6. fixed rate: vegeta at --rates requests/s, same four and the bare proxy (open loop: latency
+     under a set arrival rate, where the overhead aims are stated);
   7. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
      router process, short requests answered meanwhile, the router's memory.
 Ratios against LiteLLM are printed with the figures (this machine is noisy; ratios travel better).
@@ -25,7 +25,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,11 @@ def _prompts(data: Path, n: int) -> list[str]:
         return [json.loads(line)["prompt"] for _, line in zip(range(n), f)]
 
 
-def _floor(config: Path, upstream_url: str, session: requests.Session, chat_body: Callable[[str], dict], n: int,
-           tmp: str) -> list[float]:
-    """Latencies through bench/floor_app.py (a bare Flask proxy) under the router's gunicorn
-    settings: the floor under the router's overhead."""
+@contextlib.contextmanager
+def _floor(config: Path, upstream_url: str, session: requests.Session, chat_body: Callable[[str], dict],
+           tmp: str) -> Iterator[str]:
+    """bench/floor_app.py (a bare Flask proxy) under the router's gunicorn settings, the floor under
+    the router's overhead: its chat-completions URL while it runs (steps 1 and 6)."""
     port = free_port()
     env = {"ROUTER_ACCESS_LOG": "/dev/null", "FLOOR_UPSTREAM": upstream_url + "/chat/completions"}
     proc = start_router(config, "127.0.0.1", port, env, log=Path(tmp) / "floor.log", app="bench.floor_app:app")
@@ -78,7 +79,7 @@ def _floor(config: Path, upstream_url: str, session: requests.Session, chat_body
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         wait_until_ready(proc, lambda: session.post(url, json=chat_body("floor"), timeout=2).ok, 60,
                          "the floor app", Path(tmp) / "floor.log", poll_s=0.2)
-        return _timed(lambda: session.post(url, json=chat_body("floor")), n)
+        yield url
     finally:
         stop_process(proc)
 
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.requests)
             manual = _timed(lambda: session.post(base + "/v1/chat/completions", json=chat_body("instant-a")),
                             args.requests)
-            floor = _floor(config_path, upstream.url, session, chat_body, args.requests, tmp)
+            floor_url = peers.enter_context(_floor(config_path, upstream.url, session, chat_body, tmp))
+            floor = _timed(lambda: session.post(floor_url, json=chat_body("floor")), args.requests)
             results["proxy_floor_overhead_p50_ms"] = round(_p(floor, 50) - _p(direct, 50), 3)
             if litellm is not None:
                 peer = _timed(lambda: session.post(litellm.url + "/v1/chat/completions", json=chat_body("instant"),
@@ -235,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                         results.update({f"load_{name}_c{connections}_{k}": v for k, v in row.items()})
                         print(f"   {name:8} c{connections:<3} {row}", flush=True)
             if args.vegeta:
-                print(f">> 6/7 fixed rate with vegeta: {', '.join(systems)} at {args.rates} requests/s", flush=True)
+                # The bare proxy too: at a low rate, how much of the overhead any gunicorn + Flask
+                # proxy pays here (wake-ups of an idle process), not the router's own work.
+                paced = {**systems, "floor": (floor_url, "floor", {})}
+                print(f">> 6/7 fixed rate with vegeta: {', '.join(paced)} at {args.rates} requests/s", flush=True)
                 rows: dict[tuple[str, int], dict[str, float]] = {}
-                for name, (target_url, model, headers) in systems.items():
+                for name, (target_url, model, headers) in paced.items():
                     targets = write_targets(Path(tmp) / f"{name}.targets", target_url, model, prompts, headers)
                     for rate in args.rates:
                         row = rows[name, rate] = run_vegeta(args.vegeta, targets, rate, args.load_seconds)

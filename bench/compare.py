@@ -27,10 +27,10 @@ from export.served_model import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "router_classifier"
-# The figures that depend on the classifier (and the manual path, as a control for the hour); with
-# `--litellm` among the bench's arguments, the throughput ratios against it too.
+# The figures that depend on the classifier (and the manual path and the bare proxy, as controls for
+# the hour); with `--litellm` among the bench's arguments, the throughput ratios against it too.
 DEFAULT_KEYS = r"^(manual_overhead_p50_ms|auto_overhead_p\d+_ms|classifier_.*|load_(auto|manual)_c\d+_rps|" \
-               r"rate_(auto|manual)_r\d+_overhead_p\d+_ms|ratio_(auto|manual)_vs_litellm_c\d+_rps)$"
+               r"rate_(auto|manual|floor)_r\d+_overhead_p\d+_ms|ratio_(auto|manual)_vs_litellm_c\d+_rps)$"
 
 pmr = load_module(ROOT / "scripts" / "package_model_repository.py", "package_model_repository")
 
