@@ -92,8 +92,8 @@ def load(path: Path, models_json: Path) -> RoutingData:
     return RoutingData(path.stem, data.prompts, data.sources, data.weak, data.strong)
 
 
-def _embed(prompts: list[str], encoder: Any, layers: int = 0) -> np.ndarray:
-    suffix = f"|{MAX_LENGTH}" + (f"|layers={layers}" if layers else "")  # all layers: the older cache keys
+def _embed(prompts: list[str], encoder: Any, layers: int = 0, max_length: int = MAX_LENGTH) -> np.ndarray:
+    suffix = f"|{max_length}" + (f"|layers={layers}" if layers else "")  # all layers: the older cache keys
     key = hashlib.sha256(("\x00".join(prompts) + suffix).encode()).hexdigest()[:20]
     path = CACHE / f"emb-{key}.npy"
     if path.is_file():
@@ -104,24 +104,26 @@ def _embed(prompts: list[str], encoder: Any, layers: int = 0) -> np.ndarray:
     print(f">> embedding {len(prompts)} prompts (not cached yet: {path})", flush=True)
     order = np.argsort([len(p) for p in prompts], kind="stable")
     out = np.zeros((len(prompts), model.config.hidden_size), np.float32)
-    out[order] = predict_embeddings(model, tokenizer, [prompts[i] for i in order], MAX_LENGTH)
+    out[order] = predict_embeddings(model, tokenizer, [prompts[i] for i in order], max_length)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
 
 
-def prepare(data: RoutingData, encoder: Any, layers: int = 0, full_encoder: Any = None) -> RoutingData:
-    """Embeddings (of the encoder's first ``layers`` layers; 0: all), question-only copies, features;
-    with ``full_encoder`` also the full encoder's embeddings (what --map-to-full maps onto)."""
+def prepare(data: RoutingData, encoder: Any, layers: int = 0, full_encoder: Any = None,
+            max_length: int = MAX_LENGTH) -> RoutingData:
+    """Embeddings (of the encoder's first ``layers`` layers; 0: all; of the first ``max_length``
+    tokens), question-only copies, features; with ``full_encoder`` also the full encoder's
+    embeddings (what --map-to-full maps onto)."""
     stripped = [strip_choices(p) for p in data.prompts]
     data.qonly_mask = np.array([a != b for a, b in zip(stripped, data.prompts)], dtype=bool)
     copies = [q for q, m in zip(stripped, data.qonly_mask) if m]
 
     def embed(enc: Any, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
-        emb = _embed(data.prompts, enc, n_layers)
+        emb = _embed(data.prompts, enc, n_layers, max_length)
         qonly = np.zeros_like(emb)
         if copies:
-            qonly[data.qonly_mask] = _embed(copies, enc, n_layers)
+            qonly[data.qonly_mask] = _embed(copies, enc, n_layers, max_length)
         return emb, qonly
 
     data.emb, data.qonly_emb = embed(encoder, layers)
@@ -394,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                         "'--encoder-layers N --map-to-full'` serves it")
     p.add_argument("--map-l2", type=float, default=MAP_L2,
                    help=f"the map's ridge penalty (default {MAP_L2}, what `make export` uses: chosen by this CV)")
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                   help=f"tokens embedded per prompt, longer prompts truncated (default {MAX_LENGTH}, as "
+                        "`make export` serves; `EXPORT_ARGS=--max-length N` exports another)")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -419,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
     full = loader(0) if a.map_to_full else None
     t0 = time.monotonic()
-    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), loader(a.encoder_layers), a.encoder_layers, full)
+    sets = {name: prepare(load(d / f"{name}.jsonl", d / models), loader(a.encoder_layers), a.encoder_layers, full,
+                          a.max_length)
             for name, models in [
         ("mmlu-train", "models.json"), ("mmlu-val", "models.json"), ("llmrouter-train", "llmrouter-models.json"),
         ("llmrouter-val", "llmrouter-models.json"), ("zeroeval-ood", "zeroeval-models.json")]}

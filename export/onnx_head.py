@@ -133,11 +133,19 @@ class EmbeddingHead:
         return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
 
 
+# The index's codes use 7 bits (|code| <= 63), as onnxruntime's `reduce_range` does for weights: on
+# x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC before Zen 4) DynamicQuantizeMatMul adds pairs of
+# uint8 x int8 products in int16, and 255 x 127 x 2 overflows it. With full 8-bit codes a vote
+# moved by up to 0.03 there (tests/test_router_head.py); 7 bits keep it within rounding on every CPU.
+INDEX_CODE_MAX = 63
+
+
 def quantize_rows(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per row: (codes [n, dim] int8, scales [n] float32); a row is codes * scale."""
+    """Symmetric per row: (codes [n, dim] int8 within +-INDEX_CODE_MAX, scales [n] float32); a row is
+    codes * scale."""
     x = np.asarray(embeddings, dtype=np.float32)
-    scale = np.maximum(np.abs(x).max(axis=1), 1e-12).astype(np.float32) / 127
-    return np.clip(np.round(x / scale[:, None]), -127, 127).astype(np.int8), scale
+    scale = np.maximum(np.abs(x).max(axis=1), 1e-12).astype(np.float32) / INDEX_CODE_MAX
+    return np.clip(np.round(x / scale[:, None]), -INDEX_CODE_MAX, INDEX_CODE_MAX).astype(np.int8), scale
 
 
 def attach_head(encoder: Path, out: Path, head: EmbeddingHead,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ from export.onnx_export import merge_encoders
 from export import metrics
 from export.metrics import spearman
 from export import cv
-from export.onnx_head import EmbeddingHead, attach_head, quantize_rows, ridge_map
+from export.onnx_head import INDEX_CODE_MAX, EmbeddingHead, attach_head, quantize_rows, ridge_map
 from export.served_model import RankBlend, rank_in, rank_table
 
 
@@ -194,7 +195,8 @@ def test_attached_graph_head_matches_the_numpy_head(tmp_path: Path, n_index: int
 
 def test_int8_index_votes_like_the_float_index(tmp_path: Path) -> None:
     """int8_index: the index as int8 rows with a scale each; the vote and support stay those of the
-    numpy head over the dequantized rows, up to the query's own rounding."""
+    numpy head over the dequantized rows, up to the query's own rounding, on any x86 CPU (with full
+    8-bit codes, an AVX2 CPU without VNNI saturated the products and moved votes by 0.03)."""
     rng = np.random.default_rng(7)
     dim, vocab, n_index = 32, 300, 400
     table = rng.normal(size=(vocab, dim)).astype(np.float32)
@@ -209,6 +211,7 @@ def test_int8_index_votes_like_the_float_index(tmp_path: Path) -> None:
     assert "DynamicQuantizeMatMul" in {n.op_type for n in graph.node}
     codes, scales = quantize_rows(head.embeddings)
     np.testing.assert_array_equal(weights["head/index_q"], codes.T)
+    assert np.abs(codes).max() == INDEX_CODE_MAX  # 7 bits: no int16 overflow in AVX2's u8 x s8 pairs
     assert np.abs(codes * scales[:, None] - head.embeddings).max() <= scales.max() / 2 + 1e-7
 
     ids = rng.integers(0, vocab, size=(64, 6))
@@ -324,3 +327,29 @@ def test_confidence_flags_what_the_index_has_not_seen() -> None:
     assert report["zeroeval-ood"]["below"] == 1.0 and report["zeroeval-ood"]["strong_better_above"] is None
     # every prompt flagged: sending the flagged ones strong first leaves no order at all
     assert report["zeroeval-ood"]["apgr_low_strong_first"] == pytest.approx(0.5)
+
+
+def test_cv_embeds_the_first_max_length_tokens_and_caches_each_length_apart(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make cv CV_ARGS=--max-length N` (the real base encoder): a prompt longer than N tokens is
+    embedded from its first N, a shorter one as before, and each length has its own cache file."""
+    from export.pipeline import default_base_model
+    from export.train import load_encoder
+
+    monkeypatch.setattr(cv, "CACHE", tmp_path)
+    loaded: list[Any] = []
+
+    def encoder() -> Any:
+        loaded.append(1)
+        return load_encoder(default_base_model())
+
+    prompts = ["Short question?", "A long prompt about the routing of requests " * 8]
+    full = cv._embed(prompts, encoder, max_length=128)
+    cut = cv._embed(prompts, encoder, max_length=8)
+    head = cv._embed([prompts[1].split(" of ")[0]], encoder, max_length=128)  # "A long prompt about the routing"
+    assert len(list(tmp_path.glob("emb-*.npy"))) == 3 and len(loaded) == 3
+    np.testing.assert_allclose(cut[0], full[0], atol=1e-5)
+    assert float(cut[1] @ full[1]) / float(np.linalg.norm(cut[1]) * np.linalg.norm(full[1])) < 0.99
+    np.testing.assert_allclose(cut[1], head[0], atol=1e-4)  # 8 tokens: [CLS], 6 words, [SEP]
+    np.testing.assert_array_equal(cv._embed(prompts, encoder, max_length=8), cut)
+    assert len(loaded) == 3  # read from its cache file
