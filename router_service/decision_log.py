@@ -41,6 +41,9 @@ CREATE INDEX IF NOT EXISTS trials_versions ON trials (candidate_version, time);
 """
 _BATCH = 500
 _PURGE_EVERY_S = 3600.0
+# Feedback may name a request that another worker answered a moment ago and has not written yet
+# (its row waits in that worker's queue): the file is read again for this long before "no such request".
+_OWNER_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -156,16 +159,25 @@ class DecisionLog:
                 return
             self._pending[row.request_id] = row.key_id
 
-    def owner(self, request_id: str) -> tuple[bool, str | None]:
-        """(is the request in the log, the key id it was made with)."""
-        with self._lock:
-            if request_id in self._pending:
-                return True, self._pending[request_id]
-        with self._reader_lock:
-            if self._reader is None:
-                self._reader = _connect(self.config.path)
-            found = self._reader.execute("SELECT key_id FROM decisions WHERE request_id = ?", (request_id,)).fetchone()
-        return (found is not None, None if found is None else found[0])
+    def owner(self, request_id: str, wait_s: float = _OWNER_WAIT_S) -> tuple[bool, str | None]:
+        """(is the request in the log, the key id it was made with). A request this worker has not
+        written yet is known from its queue; until ``wait_s`` passes the queue and the file are
+        looked at again: another worker's writer may be behind, or a stream's row on its way."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                if request_id in self._pending:
+                    return True, self._pending[request_id]
+            with self._reader_lock:
+                if self._reader is None:
+                    self._reader = _connect(self.config.path)
+                found = self._reader.execute("SELECT key_id FROM decisions WHERE request_id = ?",
+                                             (request_id,)).fetchone()
+            if found is not None:
+                return True, found[0]
+            if time.monotonic() >= deadline:
+                return False, None
+            time.sleep(0.05)  # cooperative under the gevent worker
 
     def add(self, row: FeedbackRow | ShadowRow | TrialRow) -> bool:
         """Queue a feedback, shadow or trial row; False when the queue is full (dropped, counted)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -14,6 +15,8 @@ import requests
 import yaml
 
 from local_stack.triton_launcher import TritonServer
+from router_service.config import DecisionLogConfig
+from router_service.decision_log import DecisionLog, DecisionRow
 from local_stack.valkey import ValkeyServer
 
 from .conftest import router_config_dict, run_router
@@ -256,3 +259,24 @@ def test_graded_comparisons_become_routing_data(comparisons: tuple[str, Path, Pa
     for data in (train, val):
         for prompt, w, s in zip(data.prompts, data.weak, data.strong):
             assert (w, s) == (expected[prompt][WEAK], expected[prompt][STRONG])
+
+
+def test_feedback_finds_a_row_another_worker_has_not_written_yet(tmp_path: Path) -> None:
+    """Two workers share one file (the real SQLite, no router). Feedback sent the moment an answer
+    arrives may reach the worker that did not answer, while the answering worker's writer is still
+    behind: it looks again until the row lands, and says "no such request" only for an unknown one."""
+    config = DecisionLogConfig(path=str(tmp_path / "decisions.sqlite"))
+    answered, other = DecisionLog(config), DecisionLog(config)
+    holder = sqlite3.connect(config.path, timeout=1, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # the answering worker's writer cannot write yet
+    answered.record(DecisionRow("req-1", time.time(), "key-1", "router", "balanced", WEAK, "classifier", 0.2, 0.9,
+                                0.3, "5", 200, 10, 3, 0.0, 12.0))
+    assert answered.owner("req-1", wait_s=0) == (True, "key-1")  # its own queue
+    assert other.owner("req-1", wait_s=0) == (False, None)  # not in the file yet
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        assert other.owner("req-1") == (True, "key-1")
+    finally:
+        release.join()
+    assert other.owner("no-such-request", wait_s=0.2) == (False, None)
