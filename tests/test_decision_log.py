@@ -15,9 +15,9 @@ import requests
 import yaml
 
 from local_stack.triton_launcher import TritonServer
+from local_stack.valkey import ValkeyServer
 from router_service.config import DecisionLogConfig
 from router_service.decision_log import DecisionLog, DecisionRow
-from local_stack.valkey import ValkeyServer
 
 from .conftest import router_config_dict, run_router
 
