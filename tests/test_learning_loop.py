@@ -182,7 +182,8 @@ def test_traffic_is_judged_learned_from_tried_and_promoted_through_the_guard(
     assert (report["serving"]["version"], report["candidate"]["version"]) == ("1", "2")
     assert report["live"]["shadow_pairs"] == len(trial)
     assert report["live"]["decisions_by_version"]["2"]["decisions"] == versions.count("2")
-    better = graded_to_follow(client, "2", prompts(routing_data, 80, skip=1), loop["tmp"] / "graded-by-v2.jsonl")
+    held_out = prompts(routing_data, 80, skip=1)  # graded here to favour version 2, in step 8 version 1
+    better = graded_to_follow(client, "2", held_out, loop["tmp"] / "graded-by-v2.jsonl")
     promoted = promote(loop, "promote", "--data", str(better), "--models-json", str(data / "models.json"),
                        "--out", str(out))
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
@@ -202,7 +203,7 @@ def test_traffic_is_judged_learned_from_tried_and_promoted_through_the_guard(
 
     # 8. The guard refuses a version that is worse: on held-out data graded to follow version 1,
     #    version 2 stays a canary.
-    graded = graded_to_follow(client, "1", prompts(routing_data, 80, skip=1), loop["tmp"] / "graded-by-v1.jsonl")
+    graded = graded_to_follow(client, "1", held_out, loop["tmp"] / "graded-by-v1.jsonl")
     assert promote(loop, "canary", "2", "--share", "0.1").returncode == 0
     refused = promote(loop, "promote", "--data", str(graded), "--models-json", str(data / "models.json"),
                       "--out", str(out))
