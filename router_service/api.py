@@ -86,6 +86,9 @@ class Exchange:
     answer: str | None = None
     grant: Grant | None = None
     refused: str | None = None  # the AccessError code that refused it
+    status: int | None = None  # the outcome; a stream sets its own when it ends (None: the client left)
+    total_s: float | None = None  # the time until the answer (or the stream) ended
+    settled: bool = False
     recorded: bool = False
 
 
@@ -100,27 +103,40 @@ def _start_clock() -> None:
 
 @bp.after_app_request
 def _finish_request(resp: Response) -> Response:
-    """Answer the request id, and log and count the request (a stream does when it ends)."""
+    """Answer the request id; settle the key's spend now, and log and count the request once the
+    server has sent the whole answer (WSGI close), so that the client does not wait for that."""
     ex: Exchange = g.exchange
     resp.headers["x-request-id"] = ex.request_id
     if ex.grant is not None:
         resp.headers.update(ex.grant.headers)
-    streaming = resp.mimetype == "text/event-stream" and resp.status_code == 200
-    if not streaming and not ex.path.startswith(UNLOGGED_PREFIXES):
-        _record(state(), ex, resp.status_code)
+    if ex.path.startswith(UNLOGGED_PREFIXES):
+        return resp
+    st = state()
+    if not (resp.mimetype == "text/event-stream" and resp.status_code == 200):  # a stream settles as it ends
+        ex.status, ex.total_s = resp.status_code, time.perf_counter() - ex.t0
+        _settle(st, ex)  # before the answer: the client's next request sees what this one spent
+    resp.call_on_close(lambda: _record(st, ex))
     return resp
 
 
-def _record(st: RouterState, ex: Exchange, status: int) -> None:
-    """The request's log line and metrics, once, when it ends."""
+def _settle(st: RouterState, ex: Exchange) -> None:
+    """The key's real tokens and cost replace its reservation, once."""
+    if ex.settled or ex.grant is None:
+        return
+    ex.settled = True
+    usage = ex.receipt.usage if ex.receipt is not None else None
+    st.gate.settle(ex.grant, 0 if usage is None else usage.prompt_tokens + usage.completion_tokens,
+                   0.0 if ex.receipt is None else ex.receipt.cost_usd)
+
+
+def _record(st: RouterState, ex: Exchange) -> None:
+    """The request's log line and metrics, once, after it ended."""
     if ex.recorded:
         return
     ex.recorded = True
-    total_s = time.perf_counter() - ex.t0
-    if ex.grant is not None:
-        usage = ex.receipt.usage if ex.receipt is not None else None
-        st.gate.settle(ex.grant, 0 if usage is None else usage.prompt_tokens + usage.completion_tokens,
-                       0.0 if ex.receipt is None else ex.receipt.cost_usd)
+    status = CLIENT_GONE if ex.status is None else ex.status
+    total_s = ex.total_s if ex.total_s is not None else time.perf_counter() - ex.t0
+    _settle(st, ex)
     if ex.path in GENERATION_PATHS:
         _count(st.metrics, ex, status, total_s)
         if st.decision_log is not None and ex.decision is not None:
@@ -326,13 +342,13 @@ def _serve_stream(st: RouterState, ex: Exchange, req: GenerationRequest, decisio
             if close is not None:
                 close()
             ex.upstream_s, ex.answer = time.perf_counter() - t_up, "".join(texts)
-            _record(st, ex, status)
+            ex.status, ex.total_s = status, time.perf_counter() - ex.t0
+            _settle(st, ex)
         yield fmt.SSE_DONE
 
-    # The request's context lives until the stream ends: its log line is written then, or on
-    # close when the client left before the stream started (the generator then never runs).
+    # Recorded when the server closes the response (_finish_request): after the stream's end, or
+    # as a client gone (499) when it left before the stream started (the generator never runs).
     resp = Response(stream_with_context(events()), mimetype="text/event-stream")
-    resp.call_on_close(lambda: _record(st, ex, CLIENT_GONE))
     resp.headers.update(_routing_headers(decision, served, overhead_s))
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"
