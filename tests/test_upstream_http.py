@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -222,3 +223,71 @@ def test_a_streamed_error_is_read_up_to_a_bound(
         else:
             assert len(info.value.message) < longest
 
+
+
+@pytest.mark.parametrize("cooperative, agent", [(False, "python-urllib3/"), (True, "python/gevent-http-client-")],
+                         ids=["urllib3", "geventhttpclient"])
+def test_both_transports_reuse_connections_and_map_answers_alike(
+        serve: Callable[[type[BaseHTTPRequestHandler]], str], no_proxy_env: pytest.MonkeyPatch,
+        cooperative: bool, agent: str) -> None:
+    """An answer read in full goes through geventhttpclient under the gevent worker (cooperative) and
+    through urllib3 otherwise: the same answers, errors and connection reuse either way, including a
+    kept-alive connection the upstream has closed meanwhile (uvicorn, behind vLLM, closes idle ones
+    after 5 s): the next call opens a new one instead of failing on the dead one."""
+    seen: list[tuple[int, str]] = []
+
+    class Upstream(_Quiet):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append((self.client_address[1], self.headers["User-Agent"]))
+            body = self._body()
+            if self.path.startswith("/limited/"):
+                data = json.dumps({"error": {"message": "slow down"}}).encode()
+                self.send_response(429)
+                self.send_header("Retry-After", "30")
+            elif self.path.startswith("/broken/"):
+                data = json.dumps({"error": {"message": "the GPU fell over"}}).encode()
+                self.send_response(500)
+            else:
+                self._json({**ANSWER, "choices": [{"message": {"content": body["messages"][0]["content"]},
+                                                   "finish_reason": "stop"}]})
+                self.close_connection = self.path.startswith("/closing")  # closed after the answer, unannounced
+                return
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    url = serve(Upstream)
+    http = HttpClient(pool_size=1, cooperative=cooperative)
+    target = _target(url + "/v1", http)
+    assert [target.complete(_request()).text for _ in range(2)] == ["hello", "hello"]
+    assert seen[0][0] == seen[1][0] and all(ua.startswith(agent) for _, ua in seen)  # one kept-alive connection
+
+    closing = _target(url + "/closing/v1", http)
+    for _ in range(2):
+        assert closing.complete(_request()).text == "hello"
+        time.sleep(0.5)  # the upstream closes the connection meanwhile, as after an idle timeout
+    assert seen[2][0] != seen[3][0]  # the dead connection was not reused
+
+    with pytest.raises(TargetError) as limited:
+        _target(url + "/limited/v1", http).complete(_request())
+    assert (limited.value.status, limited.value.code, limited.value.retry_after_s) == (429, "rate_limited", 30.0)
+    with pytest.raises(TargetError) as broken:
+        _target(url + "/broken/v1", http).complete(_request())
+    assert (broken.value.status, broken.value.code) == (502, "upstream_error")
+    assert "the GPU fell over" in broken.value.message
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TargetError) as refused:
+        _target(f"http://127.0.0.1:{port}/v1", http).complete(_request())
+    assert (refused.value.status, refused.value.code) == (503, "upstream_unavailable")
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = TargetConfig(name="up", kind="openai", url="http://x/v1", model="m", context_window=1024,
+                              read_timeout_s=0.3)
+        with pytest.raises(TargetError) as slow:
+            OpenAITarget(config, f"http://127.0.0.1:{silent.getsockname()[1]}/v1", http).complete(_request())
+    assert (slow.value.status, slow.value.code) == (504, "upstream_timeout")

@@ -5,27 +5,28 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.client import HTTPException
 from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, TimeoutError as UrllibTimeout
 
 from .base import TargetError
-from .http_client import iter_lines
+from .http_client import HTTPAnswer, iter_lines
 
 # An error body is read up to this much: enough for any provider's message.
 ERROR_BODY_BYTES = 65536
 
 
-def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
+def _retry_after(resp: HTTPAnswer) -> float | None:
     value = resp.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: the header twice (geventhttpclient lists the values)
         return None
 
 
-def _error_message(resp: urllib3.BaseHTTPResponse) -> str:
+def _error_message(resp: HTTPAnswer) -> str:
     # A streamed answer's body is still unread: read at most the bound (resp.data would read it
     # all). An answer read in full has nothing left to read, and its body is in resp.data.
     raw = resp.read(ERROR_BODY_BYTES) or resp.data
@@ -51,7 +52,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return _CREDENTIAL.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
-def check_response(resp: urllib3.BaseHTTPResponse, target: str, secrets: tuple[str, ...] = ()) -> None:
+def check_response(resp: HTTPAnswer, target: str, secrets: tuple[str, ...] = ()) -> None:
     """Turn an upstream HTTP error into a TargetError with the status the client should see; the
     upstream's words travel on with ``secrets`` (the router's key for it) and lookalikes redacted."""
     if resp.status < 400:
@@ -81,9 +82,10 @@ def upstream_call(target: str) -> Iterator[None]:
             raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
         raise TargetError(f"target '{target}' is unreachable: {exc.reason.__class__.__name__}", 503,
                           code="upstream_unavailable") from exc
-    except UrllibTimeout as exc:
+    except (UrllibTimeout, TimeoutError) as exc:  # TimeoutError: geventhttpclient's (a socket's)
         raise TargetError(f"target '{target}' timed out", 504, code="upstream_timeout") from exc
-    except (HTTPError, OSError) as exc:  # reset, refused, cut mid-answer, TLS
+    except (HTTPError, HTTPException, OSError) as exc:  # reset, refused, cut mid-answer, TLS; HTTPException:
+        # what geventhttpclient's parser raises for a connection closed or garbled mid-answer
         raise TargetError(f"target '{target}' is unreachable: {exc.__class__.__name__}", 503,
                           code="upstream_unavailable") from exc
 

@@ -5,11 +5,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import urllib3
-
 from ..config import TargetConfig
 from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
-from .http_client import HttpClient, close_response, post_json
+from .http_client import HttpClient, close_response
 from .http_util import check_response, iter_sse_json, upstream_call
 
 
@@ -19,9 +17,7 @@ class OpenAITarget:
     def __init__(self, config: TargetConfig, base_url: str, http: HttpClient) -> None:
         self.name = config.name
         self.config = config
-        self._http = http.manager_for(base_url)
-        self._base_url = base_url
-        self._timeout = urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s)
+        self._upstream = http.upstream(base_url, config.connect_timeout_s, config.read_timeout_s)
 
     def _secrets(self) -> tuple[str, ...]:
         key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
@@ -70,7 +66,7 @@ class OpenAITarget:
     def complete(self, request: GenerationRequest) -> Completion:
         path, payload = self._payload(request, stream=False)
         with upstream_call(self.name):
-            resp = post_json(self._http, self._base_url + path, payload, self._headers(request), self._timeout)
+            resp = self._upstream.post(path, payload, self._headers(request))
         check_response(resp, self.name, self._secrets())
         try:
             body = resp.json()
@@ -85,8 +81,7 @@ class OpenAITarget:
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         path, payload = self._payload(request, stream=True)
         with upstream_call(self.name):
-            resp = post_json(self._http, self._base_url + path, payload, self._headers(request), self._timeout,
-                             stream=True)
+            resp = self._upstream.post_stream(path, payload, self._headers(request))
         try:
             check_response(resp, self.name, self._secrets())
             with upstream_call(self.name):

@@ -11,11 +11,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import urllib3
-
 from ..config import TargetConfig
 from .base import Chunk, Completion, GenerationRequest, TargetError, Usage
-from .http_client import HttpClient, close_response, post_json
+from .http_client import HttpClient, close_response
 from .http_util import check_response, iter_sse_json, upstream_call
 
 
@@ -25,10 +23,8 @@ class TritonLLMTarget:
     def __init__(self, config: TargetConfig, base_url: str, http: HttpClient) -> None:
         self.name = config.name
         self.config = config
-        self._http = http.manager_for(base_url)
-        self._generate_url = f"{base_url}/v2/models/{config.model}/generate"
-        self._stream_url = f"{base_url}/v2/models/{config.model}/generate_stream"
-        self._timeout = urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s)
+        self._upstream = http.upstream(base_url, config.connect_timeout_s, config.read_timeout_s)
+        self._generate_path = f"/v2/models/{config.model}/generate"
 
     def _payload(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
         # The decision engine keeps such requests away; a direct caller of the adapter gets the same answer.
@@ -64,7 +60,7 @@ class TritonLLMTarget:
     def complete(self, request: GenerationRequest) -> Completion:
         payload = self._payload(request, stream=False)
         with upstream_call(self.name):
-            resp = post_json(self._http, self._generate_url, payload, {}, self._timeout)
+            resp = self._upstream.post(self._generate_path, payload, {})
         check_response(resp, self.name)
         try:
             event = resp.json()
@@ -76,7 +72,7 @@ class TritonLLMTarget:
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         payload = self._payload(request, stream=True)
         with upstream_call(self.name):
-            resp = post_json(self._http, self._stream_url, payload, {}, self._timeout, stream=True)
+            resp = self._upstream.post_stream(self._generate_path + "_stream", payload, {})
         try:
             check_response(resp, self.name)
             with upstream_call(self.name):
