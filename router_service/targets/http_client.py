@@ -115,7 +115,9 @@ class HttpClient:
     connections kept open per host, opened as needed; calls beyond it open extra ones, closed after
     use (with a warning from urllib3). The default matches gunicorn's 1,024 threads, so that a
     thousand streams leave their connections for the next requests. ``cooperative``: use
-    geventhttpclient where it can (module docstring); by default when gevent has patched sockets."""
+    geventhttpclient where it can (module docstring); by default when gevent has patched sockets.
+    Its pool holds as many connections per host, and a call beyond them waits for one (each
+    call's own time is bounded by the read timeout)."""
 
     def __init__(self, pool_size: int = 1024, cooperative: bool | None = None) -> None:
         self._pool_size = pool_size
