@@ -94,12 +94,10 @@ class Upstream:
 
     def post(self, path: str, payload: dict[str, Any], headers: dict[str, str]) -> HTTPAnswer:
         """POST ``payload`` as JSON to the base URL + ``path``; the answer is read in full."""
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json", **headers}
         if self._cooperative is None:
-            return self._manager.request("POST", self.base_url + path, body=body, headers=headers,
-                                         timeout=self._timeout, preload_content=True, decode_content=True)
-        resp = self._cooperative.post(self._path + path, body=body, headers=headers)
+            return post_json(self._manager, self.base_url + path, payload, headers, self._timeout)
+        resp = self._cooperative.post(self._path + path, body=json.dumps(payload).encode(),
+                                      headers={"Content-Type": "application/json", **headers})
         try:
             return Answer(resp.status_code, resp.info(), resp.read())
         finally:
@@ -138,7 +136,6 @@ class HttpClient:
 
         key = (parts.hostname, parts.port or 80, connect_timeout_s, read_timeout_s)
         if key not in self._gevent_clients:
-            # Requests beyond ``concurrency`` wait for a connection; as many as urllib3 keeps open.
             self._gevent_clients[key] = GeventHTTPClient(
                 parts.hostname, parts.port or 80, concurrency=self._pool_size,
                 connection_timeout=connect_timeout_s, network_timeout=read_timeout_s)
@@ -146,7 +143,7 @@ class HttpClient:
 
     def manager_for(self, url: str) -> urllib3.PoolManager:
         """The pool manager that reaches ``url``: direct, or through the proxy the environment names.
-        Adapters ask once, when they are built."""
+        Asked once per target, when its adapter is built (``upstream``)."""
         proxy = proxy_for(url)
         if proxy is None:
             return self._direct
