@@ -205,7 +205,6 @@ def test_a_streamed_error_is_read_up_to_a_bound(
             assert len(info.value.message) < longest
 
 
-
 @pytest.mark.parametrize("cooperative, agent", [(False, "python-urllib3/"), (True, "python/gevent-http-client-")],
                          ids=["urllib3", "geventhttpclient"])
 def test_both_transports_reuse_connections_and_map_answers_alike(

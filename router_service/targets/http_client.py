@@ -87,7 +87,7 @@ class Upstream:
     def __init__(self, manager: urllib3.PoolManager, base_url: str, timeout: urllib3.Timeout,
                  cooperative: Any = None) -> None:
         self._manager = manager
-        self.base_url = base_url
+        self._base_url = base_url
         self._timeout = timeout
         self._cooperative = cooperative  # a geventhttpclient.HTTPClient, or None
         self._path = urlsplit(base_url).path
@@ -95,7 +95,7 @@ class Upstream:
     def post(self, path: str, payload: dict[str, Any], headers: dict[str, str]) -> HTTPAnswer:
         """POST ``payload`` as JSON to the base URL + ``path``; the answer is read in full."""
         if self._cooperative is None:
-            return post_json(self._manager, self.base_url + path, payload, headers, self._timeout)
+            return post_json(self._manager, self._base_url + path, payload, headers, self._timeout)
         resp = self._cooperative.post(self._path + path, body=json.dumps(payload).encode(),
                                       headers={"Content-Type": "application/json", **headers})
         try:
@@ -105,7 +105,7 @@ class Upstream:
 
     def post_stream(self, path: str, payload: dict[str, Any], headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         """The same, for an answer read as it arrives: close it with ``close_response``."""
-        return post_json(self._manager, self.base_url + path, payload, headers, self._timeout, stream=True)
+        return post_json(self._manager, self._base_url + path, payload, headers, self._timeout, stream=True)
 
 
 class HttpClient:
@@ -134,10 +134,11 @@ class HttpClient:
             return Upstream(manager, base_url, timeout)
         from geventhttpclient import HTTPClient as GeventHTTPClient
 
-        key = (parts.hostname, parts.port or 80, connect_timeout_s, read_timeout_s)
+        host, port = parts.hostname, parts.port or 80
+        key = (host, port, connect_timeout_s, read_timeout_s)
         if key not in self._gevent_clients:
             self._gevent_clients[key] = GeventHTTPClient(
-                parts.hostname, parts.port or 80, concurrency=self._pool_size,
+                host, port, concurrency=self._pool_size,
                 connection_timeout=connect_timeout_s, network_timeout=read_timeout_s)
         return Upstream(manager, base_url, timeout, self._gevent_clients[key])
 
