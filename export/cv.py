@@ -13,7 +13,8 @@ on all training prompts: mmlu-val, llmrouter-val and zeroeval-ood (MATH level 5 
 a different model pair, in no training file). Each file is scored with its own default pair.
 
 Embeddings (the base encoder, mean-pooled, max 128 tokens, as served) are computed once and
-cached under ``.cache/cv/``. Prints a table and writes ``--out`` (JSON).
+cached under ``.cache/cv/``; with ``--encoder static`` they are the targets of the static
+encoder's vectors, distilled inside every fit. Prints a table and writes ``--out`` (JSON).
 """
 from __future__ import annotations
 
@@ -274,6 +275,40 @@ def oof(data: RoutingData, folds: np.ndarray, fit: Fit) -> np.ndarray:
     return out
 
 
+def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l2: float) -> Fit:
+    """--encoder static: the token vectors distilled on each fit's training prompts alone (their text
+    and their full-encoder embeddings, ``target_emb``; never the scored rows'), then ``inner`` on the
+    prompts embedded with those vectors, as `make export EXPORT_ARGS=--encoder static` serves them."""
+    import dataclasses
+
+    from export import static_encoder
+
+    tokens: dict[str, list[int]] = {}
+
+    def token_ids(texts: list[str]) -> list[list[int]]:
+        new = [t for t in dict.fromkeys(texts) if t not in tokens]
+        if new:
+            tokens.update(zip(new, static_encoder.token_ids(tokenizer, new, max_length)))
+        return [tokens[t] for t in texts]
+
+    def texts(data: RoutingData) -> tuple[list[str], list[str]]:
+        return data.prompts, [strip_choices(p) for p, m in zip(data.prompts, data.qonly_mask) if m]
+
+    def embedded(data: RoutingData, vectors: np.ndarray) -> RoutingData:
+        prompts, copies = texts(data)
+        emb = static_encoder.embed(vectors, token_ids(prompts))
+        qonly = np.zeros_like(emb)
+        if copies:
+            qonly[data.qonly_mask] = static_encoder.embed(vectors, token_ids(copies))
+        return dataclasses.replace(data, emb=emb, qonly_emb=qonly, target_emb=None, qonly_target_emb=None)
+
+    def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
+        prompts, copies = texts(train)
+        vectors = static_encoder.distill(start, token_ids(prompts + copies), train.index_targets(True), l2)
+        return inner(embedded(train, vectors), embedded(test, vectors))
+    return fit
+
+
 def fold_pooled_apgr(scores: np.ndarray, data: RoutingData, folds: np.ndarray) -> tuple[float, list[float]]:
     """(mean over folds, per fold) of the APGR of each fold's rows pooled: the rows one model scored.
 
@@ -399,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=MAX_LENGTH,
                    help=f"tokens embedded per prompt, longer prompts truncated (default {MAX_LENGTH}, as "
                         "`make export` serves; `EXPORT_ARGS=--max-length N` exports another)")
+    p.add_argument("--encoder", choices=("transformer", "static"), default="transformer",
+                   help="static: token vectors distilled from the full encoder inside every fit (its training "
+                        "prompts only), as `make export EXPORT_ARGS=--encoder static` serves")
+    p.add_argument("--static-l2", type=float, help="--encoder static: the distillation's ridge penalty (default: "
+                   "export/static_encoder.py STATIC_L2)")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -409,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.map_to_full and not a.encoder_layers:
         p.error("--map-to-full needs --encoder-layers N")
+    if a.encoder == "static" and (a.encoder_layers or a.confidence):
+        p.error("--encoder static embeds with the full encoder's distilled vectors: no --encoder-layers or --confidence")
     cache: dict[int, Any] = {}
 
     def loader(layers: int) -> Callable[[], Any]:
@@ -430,6 +472,19 @@ def main(argv: list[str] | None = None) -> int:
         ("mmlu-train", "models.json"), ("mmlu-val", "models.json"), ("llmrouter-train", "llmrouter-models.json"),
         ("llmrouter-val", "llmrouter-models.json"), ("zeroeval-ood", "zeroeval-models.json")]}
     print(f">> data and embeddings ready in {time.monotonic() - t0:.0f}s", flush=True)
+    wrap: Callable[[Fit], Fit] = lambda fit: fit
+    if a.encoder == "static":
+        from export import static_encoder
+
+        for data in sets.values():  # the full encoder's embeddings become the distillation's targets
+            data.target_emb, data.qonly_target_emb = data.emb, data.qonly_emb
+        tokenizer, model = loader(0)()
+        start_path = CACHE / f"static-start-{hashlib.sha256(str(default_base_model()).encode()).hexdigest()[:12]}.npy"
+        if not start_path.is_file():
+            CACHE.mkdir(parents=True, exist_ok=True)
+            np.save(start_path, static_encoder.single_token_vectors(model, tokenizer))
+        l2 = static_encoder.STATIC_L2 if a.static_l2 is None else a.static_l2
+        wrap = lambda fit: static_fit(fit, tokenizer, np.load(start_path), a.max_length, l2)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
     spec = KnnSpec(k=a.k, map_l2=a.map_l2 if a.map_to_full else None)
@@ -442,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fit in candidates(spec).items():
         if a.only and name not in a.only:
             continue
+        fit = fit if name == "length" else wrap(fit)  # the length needs no embeddings
         t = time.monotonic()
         row: dict[str, Any] = {
             "cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu),

@@ -83,6 +83,7 @@ class ExportOptions:
     precision: str = "int8"  # int8: + a dynamic-quantized copy, served on CPU; fp32: the fp32 model only
     encoder_layers: int = 0  # the base encoder's first N transformer layers; 0: all
     map_to_full: bool = False  # with encoder_layers: map its embeddings onto the full encoder's (ridge)
+    encoder: str = "transformer"  # static: one distilled vector per token (export/static_encoder.py)
 
     @property
     def model_dir(self) -> Path:
@@ -159,6 +160,11 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
                         "before the vote (ridge regression on the training prompts; one matrix product in the "
                         "graph): neighbours chosen in the full encoder's geometry at the cut encoder's cost. "
                         "Default: on whenever --encoder-layers cuts the encoder and the head is blend or knn")
+    p.add_argument("--encoder", choices=("transformer", "static"), default=ExportOptions.encoder,
+                   help="transformer (default): the base encoder's layers (--encoder-layers); static: one vector "
+                        "per token, distilled from the full base encoder on the index prompts, the prompt's "
+                        "embedding their mean (a lookup: about 100x less compute per prompt; --head blend or knn; "
+                        "docs/router-quality.md)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {ENSEMBLE_LR} for ensemble, {defaults.lr} "
                    "otherwise)")
@@ -188,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         default = a.data_dir / EXTRA_TRAIN_FILE
         a.extra_train = [default] if a.head == "blend" and a.train is None and default.is_file() else []
     extra_train = tuple(f for f in a.extra_train if str(f) != "none")
+    if a.encoder == "static":
+        if a.head not in ("blend", "knn") or a.encoder_layers or a.map_to_full:
+            p.error("--encoder static needs --head blend or knn, and no --encoder-layers or --map-to-full")
+        a.encoder_layers, a.map_to_full = 0, False
     if a.encoder_layers is None:
         a.encoder_layers = DEFAULT_ENCODER_LAYERS if a.head in ("blend", "knn") and a.base_model is None else 0
     if a.encoder_layers < 0:
@@ -210,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         head=a.head, extra_train=extra_train, blend_features=a.blend_features, knn_weight=a.knn_weight,
         knn_k=a.knn_k, knn_ramp=a.knn_ramp, knn_label=a.knn_label,
         knn_center=a.knn_center, augment=a.augment,
-        precision=a.precision, encoder_layers=a.encoder_layers, map_to_full=a.map_to_full,
+        precision=a.precision, encoder_layers=a.encoder_layers, map_to_full=a.map_to_full, encoder=a.encoder,
         train_options=TrainOptions(
             epochs=a.epochs, max_length=a.max_length, batch_size=a.batch_size, lr=a.lr,
             weight_decay=a.weight_decay, seed=a.seed, freeze_layers=a.freeze_layers, threads=a.threads,
@@ -318,6 +328,8 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
     from export.served_model import HEAD_FILE
 
     train, n, opts = job.train, len(job.train), job.opts
+    if job.static_oof_emb is not None:  # unseen by the vectors that embed them (for every precision)
+        emb = job.static_oof_emb
     data = cv.RoutingData("train", list(train.prompts), list(train.sources), train.weak, train.strong, emb[:n],
                           np.zeros_like(emb[:n]), np.zeros(n, bool), prompt_features(train.prompts))
     copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
@@ -380,6 +392,9 @@ class ExportJob:
     blends: dict[str, Any] = field(default_factory=dict)  # blend head: the fitted LogisticBlend per precision
     cv: dict[str, Any] = field(default_factory=dict)  # the served recipe's cross-validated figures
     map_targets: np.ndarray | None = None  # --map-to-full: the full encoder's embeddings of the index prompts
+    # --encoder static: the index prompts embedded by vectors distilled without them (5 folds), what
+    # the out-of-fold steps (blend, calibration, familiarity) embed training prompts with
+    static_oof_emb: np.ndarray | None = None
 
     @property
     def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
@@ -427,6 +442,9 @@ def fine_tune(job: ExportJob) -> None:
 
     t = job.opts.train_options
     seed_everything(t.seed)  # the classification head's initialisation
+    if job.opts.encoder == "static":
+        distill_static(job)
+        return
     if t.epochs > 0 and not job.ensemble:
         job.tokenizer, job.model = load_base(job.base_model)
     else:
@@ -457,6 +475,42 @@ def fine_tune(job: ExportJob) -> None:
     job.encoder = getattr(job.model, job.model.base_model_prefix) if fine_tuned_alone else job.model
 
 
+def distill_static(job: ExportJob) -> None:
+    """[1/5] --encoder static: token vectors distilled from the full base encoder on the index prompts."""
+    from export import static_encoder
+    from export.cv import random_folds
+    from export.train import load_encoder
+
+    t = job.opts.train_options
+    job.tokenizer, full = load_encoder(job.base_model)
+    log(f">> [1/5] static encoder: the base encoder's vector for each of its {job.tokenizer.vocab_size} tokens alone")
+    start = static_encoder.single_token_vectors(full, job.tokenizer, log=log)
+    targets = _full_encoder_embeddings(job, "the static vectors' target")
+    log(f">> [1/5] static encoder: fitting the token vectors (ridge towards the single-token ones, l2 "
+        f"{static_encoder.STATIC_L2}) so that their mean reproduces those embeddings")
+    ids = static_encoder.token_ids(job.tokenizer, job.index_prompts, t.max_length)
+    vectors = static_encoder.distill(start, ids, targets)
+    # A prompt's own vectors were fitted to its embedding, so its static embedding is closer to the
+    # full encoder's than a new prompt's: the out-of-fold steps embed each training prompt with vectors
+    # fitted without its fold instead (the served index keeps the vectors fitted on all of them).
+    folds = random_folds(len(job.train), seed=1)[job.index_rows]
+    job.static_oof_emb = np.zeros_like(targets)
+    for f in np.unique(folds):
+        log(f">> [1/5] static encoder: out-of-fold vectors {f + 1}/{len(np.unique(folds))}")
+        rest, held = np.where(folds != f)[0], np.where(folds == f)[0]
+        fold_vectors = static_encoder.distill(start, [ids[i] for i in rest], targets[rest])
+        job.static_oof_emb[held] = static_encoder.embed(fold_vectors, [ids[i] for i in held])
+
+    def cosine(a: np.ndarray) -> float:
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(targets, axis=1)
+        return float(((a * targets).sum(1) / np.maximum(norms, 1e-12)).mean())
+
+    fitted = cosine(static_encoder.embed(vectors, ids))
+    log(f">> [1/5] static encoder: mean cosine to the full encoder's embeddings {fitted:.3f} on the index prompts, "
+        f"{cosine(job.static_oof_emb):.3f} out of fold")
+    job.model = job.encoder = static_encoder.StaticEncoder(vectors)
+
+
 def torch_reference(job: ExportJob) -> None:
     """[2/5] PyTorch's validation outputs, which the exported graph must reproduce."""
     from export.train import predict_embeddings, predict_logits
@@ -485,10 +539,16 @@ def export_graph(job: ExportJob) -> None:
     with tempfile.TemporaryDirectory(prefix="router-export-") as tmp:
         work = Path(tmp)
         hf_dir, onnx_dir = work / "hf", work / "onnx"
-        job.encoder.save_pretrained(hf_dir) if job.knn else job.model.save_pretrained(hf_dir)
         job.tokenizer.save_pretrained(hf_dir)
-        log(f">> [3/5] ONNX export (optimum, task {task})")
-        if job.ensemble:
+        if job.opts.encoder == "static":
+            from export.static_encoder import write_onnx
+
+            log(">> [3/5] ONNX graph of the static encoder (a Gather of the token vectors)")
+            onnx_dir.mkdir()
+            write_onnx(job.encoder.vectors, onnx_dir / "model.onnx")
+        elif job.ensemble:
+            log(f">> [3/5] ONNX export (optimum, task {task})")
+            job.encoder.save_pretrained(hf_dir)
             export_onnx(hf_dir, work / "onnx-base", task=task)
             job.tuned.save_pretrained(work / "hf-tuned")
             export_onnx(work / "hf-tuned", work / "onnx-tuned", task=task)
@@ -498,6 +558,8 @@ def export_graph(job: ExportJob) -> None:
             log(f">> [3/5] merged both encoders into one graph: {merged['nodes_before']} -> "
                 f"{merged['nodes_after']} nodes, {merged['shared_initializers']} weight tensors shared")
         else:
+            log(f">> [3/5] ONNX export (optimum, task {task})")
+            (job.encoder if job.knn else job.model).save_pretrained(hf_dir)
             export_onnx(hf_dir, onnx_dir, task=task)
         job.files = copy_artifacts(hf_dir, onnx_dir, job.stage)
     shutil.copy2(TEMPLATE, job.stage / "model.py")
@@ -523,6 +585,7 @@ def quantize(job: ExportJob) -> None:
 
 def _head_metadata(job: ExportJob) -> None:
     from export.cv import MAP_L2
+    from export.static_encoder import STATIC_L2
     from export.train import CE3_CLASSES
 
     opts, t = job.opts, job.opts.train_options
@@ -533,6 +596,12 @@ def _head_metadata(job: ExportJob) -> None:
         "k": opts.knn_k, "ramp": opts.knn_ramp, "knn_weight": opts.knn_weight if job.ensemble else 1.0,
         "label": opts.knn_label, "n_train": len(job.train), "n_index": len(job.index_prompts),
         "augment": opts.augment,
+        "encoder": {"kind": "transformer", "layers": job.encoder.config.num_hidden_layers} if opts.encoder != "static"
+        else {"kind": "static", "l2": STATIC_L2, "tokens": job.encoder.vectors.shape[0],
+              "fitted_on": "the index prompts: ridge towards each token's vector alone, so that the mean over a "
+                           "prompt's tokens reproduces the full base encoder's embedding of the prompt",
+              "out_of_fold": "the blend, calibration and familiarity embed training prompts with vectors fitted "
+                             "without their fold (5 random folds)"},
         "map": None if not opts.map_to_full else {
             "kind": "ridge", "l2": MAP_L2,
             "from_layers": opts.encoder_layers, "onto": "the full base encoder's mean-pooled embeddings",
@@ -573,14 +642,14 @@ def _head_metadata(job: ExportJob) -> None:
                                              "classifier's P(strong better) - P(weak better).")
 
 
-def _full_encoder_embeddings(job: ExportJob) -> np.ndarray:
-    """--map-to-full: what the shallow encoder's embeddings are mapped onto, the full base encoder's
-    (PyTorch, fp32) embeddings of the index prompts."""
+def _full_encoder_embeddings(job: ExportJob, purpose: str = "--map-to-full's target") -> np.ndarray:
+    """The full base encoder's (PyTorch, fp32) embeddings of the index prompts: what --map-to-full maps
+    the shallow encoder's embeddings onto, or what the static encoder's vectors are fitted to."""
     from export.train import load_encoder, predict_embeddings
 
     tokenizer, full = load_encoder(job.base_model)
-    log(f">> [3/5] --map-to-full: embedding {len(job.index_prompts)} index prompts with the full encoder "
-        f"({full.config.num_hidden_layers} layers), the map's target")
+    log(f">> embedding {len(job.index_prompts)} index prompts with the full encoder "
+        f"({full.config.num_hidden_layers} layers): {purpose}")
     return predict_embeddings(full, tokenizer, job.index_prompts, job.opts.train_options.max_length)
 
 

@@ -215,6 +215,47 @@ def test_knn_head_alone_exports_one_encoder(exported: SimpleNamespace) -> None:
     assert not (version / "head.npz").exists()  # no blend: the graph's kNN vote is the score
 
 
+def test_static_encoder_serves_the_mean_of_distilled_token_vectors(exported: SimpleNamespace, tmp_path: Path) -> None:
+    """--encoder static: the graph's encoder is one lookup of distilled token vectors, the served
+    embedding their mean over the prompt's tokens; the vectors sit closer to the full encoder's
+    embeddings than the single-token vectors they start from, on prompts they were not fitted on."""
+    from export import static_encoder
+    from export.pipeline import default_base_model
+    from export.served_model import ClassifierRuntime, RuntimeSettings
+    from export.train import load_encoder, predict_embeddings
+
+    repo = fresh_repository(tmp_path)
+    proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(repo),
+                      "--limit-train", "256", "--limit-val", "128", "--max-length", "64", "--encoder", "static")
+    assert proc.returncode == 0
+    version = repo / MODEL_NAME / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["head"]["encoder"]["kind"] == "static" and meta["head"]["map"] is None
+    assert meta["base_model"]["layers"] == 0 and meta["validation"]["parity"]["max_abs_diff_prob"] <= 1e-4
+    graph = onnx.load(str(version / "model.onnx")).graph
+    assert not [n for n in graph.node if n.name.startswith("/encoder/")]  # no transformer layer left
+    vectors = next(onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name == "token_vectors")
+    tokenizer, full = load_encoder(default_base_model())
+    val = [json.loads(line)["prompt"] for line in (exported.data / "mmlu-val.jsonl").read_text().splitlines()[:64]]
+    ids = static_encoder.token_ids(tokenizer, val, 64)
+    runtime = ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="fp32"))
+    np.testing.assert_allclose(runtime.run(val, ["pooled"])[0], static_encoder.embed(vectors, ids), atol=1e-5)
+    target = predict_embeddings(full, tokenizer, val, 64)
+    start = static_encoder.single_token_vectors(full, tokenizer)
+
+    def cosine(emb: np.ndarray) -> float:
+        return float(np.mean(np.sum(emb * target, 1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(target, axis=1)))
+
+    assert cosine(static_encoder.embed(vectors, ids)) > cosine(static_encoder.embed(start, ids)) + 0.02
+    # Both precisions serve it; the int8 copy quantizes the table and ranks prompts like fp32.
+    assert meta["validation"]["int8_vs_fp32"]["spearman"] > 0.95
+    scores, confidence = ClassifierRuntime(version, RuntimeSettings(device="cpu", precision="int8")).evaluate(val[:8])
+    assert scores.shape == (8,) and np.all((confidence >= 0) & (confidence <= 1))
+    for bad in (["--encoder", "static", "--encoder-layers", "3"], ["--encoder", "static", "--head", "ensemble"]):
+        proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(repo), *bad)
+        assert proc.returncode == 2 and "--encoder static needs" in proc.stderr
+
+
 def test_keep_layers_serves_a_lower_layer() -> None:
     """--encoder-layers N: the cut encoder's output is the full encoder's N-th layer, exactly."""
     import torch

@@ -353,3 +353,59 @@ def test_cv_embeds_the_first_max_length_tokens_and_caches_each_length_apart(tmp_
     np.testing.assert_allclose(cut[1], head[0], atol=1e-4)  # 8 tokens: [CLS], 6 words, [SEP]
     np.testing.assert_array_equal(cv._embed(prompts, encoder, max_length=8), cut)
     assert len(loaded) == 3  # read from its cache file
+
+
+def test_static_distillation_fits_prompt_means_and_keeps_unseen_tokens() -> None:
+    """The static encoder's fit: token vectors whose mean over each prompt's tokens reproduces the
+    prompt's target embedding; tokens in no prompt keep their start vectors, and the ridge penalty
+    holds the vectors towards the start."""
+    from export import static_encoder
+
+    rng = np.random.default_rng(7)
+    vocab, dim = 40, 5
+    true = rng.normal(size=(vocab, dim)).astype(np.float32)
+    start = true + rng.normal(0.0, 1.0, size=true.shape).astype(np.float32)
+    prompts = [list(rng.choice(30, size=rng.integers(2, 8))) for _ in range(600)]  # tokens 30-39 never occur
+    targets = static_encoder.embed(true, prompts)
+    fitted = static_encoder.distill(start, prompts, targets, l2=1e-6, tolerance=1e-7)
+    np.testing.assert_allclose(static_encoder.embed(fitted, prompts), targets, atol=1e-3)
+    np.testing.assert_allclose(fitted[:30], true[:30], atol=1e-2)  # enough prompts to pin every seen token
+    np.testing.assert_array_equal(fitted[30:], start[30:])
+    held = static_encoder.distill(start, prompts, targets, l2=100.0)
+    assert np.abs(held - start).mean() < 0.2 * np.abs(fitted - start).mean()
+
+
+def test_static_cv_distils_on_the_training_rows_alone() -> None:
+    """`make cv CV_ARGS="--encoder static"`: every fit distils its vectors from its own training
+    rows; the scored rows' full-encoder embeddings never enter it, their tokens do (as served)."""
+    from export import static_encoder
+
+    class Tokenizer:  # word -> id, [CLS]=0 and [SEP]=1 around it, as a BERT tokenizer's output
+        def __call__(self, texts: list[str], truncation: bool, max_length: int) -> dict[str, list[list[int]]]:
+            return {"input_ids": [[0] + [2 + int(w) for w in t.split()][: max_length - 2] + [1] for t in texts]}
+
+    rng = np.random.default_rng(9)
+
+    def rows(n: int) -> cv.RoutingData:
+        data = _routing_rows(rng, n, dim=4)
+        data.prompts = [" ".join(str(w) for w in rng.choice(20, size=4)) for _ in range(n)]
+        return data
+
+    train, test = rows(120), rows(30)
+    start = rng.normal(size=(22, 4)).astype(np.float32)
+    seen: list[np.ndarray] = []
+
+    def inner(tr: cv.RoutingData, te: cv.RoutingData) -> np.ndarray:
+        seen.append(te.emb)
+        return cv.knn_fit_score(tr, te, cv.KnnSpec(k=5))[0]
+
+    fit = cv.static_fit(inner, Tokenizer(), start, 64, l2=0.01)
+    vote = fit(train, test)
+    vectors = static_encoder.distill(start, static_encoder.token_ids(Tokenizer(), train.prompts, 64),
+                                     train.target_emb, 0.01)
+    np.testing.assert_allclose(seen[0], static_encoder.embed(vectors, static_encoder.token_ids(
+        Tokenizer(), test.prompts, 64)), atol=1e-6)
+    test.target_emb = rng.normal(size=test.target_emb.shape).astype(np.float32)
+    np.testing.assert_array_equal(fit(train, test), vote)
+    train.target_emb = rng.normal(size=train.target_emb.shape).astype(np.float32)
+    assert not np.array_equal(fit(train, test), vote)
