@@ -485,7 +485,7 @@ def distill_static(job: ExportJob) -> None:
     job.tokenizer, full = load_encoder(job.base_model)
     log(f">> [1/5] static encoder: the base encoder's vector for each of its {job.tokenizer.vocab_size} tokens alone")
     start = static_encoder.single_token_vectors(full, job.tokenizer, log=log)
-    targets = _full_encoder_embeddings(job, "the static vectors' target")
+    targets = _full_encoder_embeddings(job, "the static vectors' target", (job.tokenizer, full))
     log(f">> [1/5] static encoder: fitting the token vectors (ridge towards the single-token ones, l2 "
         f"{static_encoder.STATIC_L2}) so that their mean reproduces those embeddings")
     ids = static_encoder.token_ids(job.tokenizer, job.index_prompts, t.max_length)
@@ -642,12 +642,14 @@ def _head_metadata(job: ExportJob) -> None:
                                              "classifier's P(strong better) - P(weak better).")
 
 
-def _full_encoder_embeddings(job: ExportJob, purpose: str = "--map-to-full's target") -> np.ndarray:
+def _full_encoder_embeddings(job: ExportJob, purpose: str = "--map-to-full's target",
+                             encoder: tuple[Any, Any] | None = None) -> np.ndarray:
     """The full base encoder's (PyTorch, fp32) embeddings of the index prompts: what --map-to-full maps
-    the shallow encoder's embeddings onto, or what the static encoder's vectors are fitted to."""
+    the shallow encoder's embeddings onto, or what the static encoder's vectors are fitted to.
+    ``encoder``: (tokenizer, model) when already loaded."""
     from export.train import load_encoder, predict_embeddings
 
-    tokenizer, full = load_encoder(job.base_model)
+    tokenizer, full = encoder or load_encoder(job.base_model)
     log(f">> embedding {len(job.index_prompts)} index prompts with the full encoder "
         f"({full.config.num_hidden_layers} layers): {purpose}")
     return predict_embeddings(full, tokenizer, job.index_prompts, job.opts.train_options.max_length)
