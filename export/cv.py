@@ -275,7 +275,8 @@ def oof(data: RoutingData, folds: np.ndarray, fit: Fit) -> np.ndarray:
     return out
 
 
-def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l2: float) -> Fit:
+def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l2: float,
+               map_start: bool = True) -> Fit:
     """--encoder static: the token vectors distilled on each fit's training prompts alone (their text
     and their full-encoder embeddings, ``target_emb``; never the scored rows'), then ``inner`` on the
     prompts embedded with those vectors, as `make export EXPORT_ARGS=--encoder static` serves them."""
@@ -304,7 +305,8 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
 
     def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
         prompts, copies = texts(train)
-        vectors = static_encoder.distill(start, token_ids(prompts + copies), train.index_targets(True), l2)
+        vectors = static_encoder.distill(start, token_ids(prompts + copies), train.index_targets(True), l2,
+                                         map_start=map_start)
         return inner(embedded(train, vectors), embedded(test, vectors))
     return fit
 
@@ -439,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                         "prompts only), as `make export EXPORT_ARGS=--encoder static` serves")
     p.add_argument("--static-l2", type=float, help="--encoder static: the distillation's ridge penalty (default: "
                    "export/static_encoder.py STATIC_L2)")
+    p.add_argument("--static-map", action=argparse.BooleanOptionalAction, default=True,
+                   help="--encoder static: map the single-token start vectors first (static_encoder.start_map)")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -484,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             CACHE.mkdir(parents=True, exist_ok=True)
             np.save(start_path, static_encoder.single_token_vectors(model, tokenizer))
         l2 = static_encoder.STATIC_L2 if a.static_l2 is None else a.static_l2
-        wrap = lambda fit: static_fit(fit, tokenizer, np.load(start_path), a.max_length, l2)
+        wrap = lambda fit: static_fit(fit, tokenizer, np.load(start_path), a.max_length, l2, a.static_map)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
     spec = KnnSpec(k=a.k, map_l2=a.map_l2 if a.map_to_full else None)

@@ -486,8 +486,8 @@ def distill_static(job: ExportJob) -> None:
     log(f">> [1/5] static encoder: the base encoder's vector for each of its {job.tokenizer.vocab_size} tokens alone")
     start = static_encoder.single_token_vectors(full, job.tokenizer, log=log)
     targets = _full_encoder_embeddings(job, "the static vectors' target", (job.tokenizer, full))
-    log(f">> [1/5] static encoder: fitting the token vectors (ridge towards the single-token ones, l2 "
-        f"{static_encoder.STATIC_L2}) so that their mean reproduces those embeddings")
+    log(f">> [1/5] static encoder: fitting the token vectors (ridge towards the single-token ones through one "
+        f"affine map, l2 {static_encoder.STATIC_L2}) so that their mean reproduces those embeddings")
     ids = static_encoder.token_ids(job.tokenizer, job.index_prompts, t.max_length)
     vectors = static_encoder.distill(start, ids, targets)
     # A prompt's own vectors were fitted to its embedding, so its static embedding is closer to the

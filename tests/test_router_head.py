@@ -367,12 +367,37 @@ def test_static_distillation_fits_prompt_means_and_keeps_unseen_tokens() -> None
     start = true + rng.normal(0.0, 1.0, size=true.shape).astype(np.float32)
     prompts = [list(rng.choice(30, size=rng.integers(2, 8))) for _ in range(600)]  # tokens 30-39 never occur
     targets = static_encoder.embed(true, prompts)
-    fitted = static_encoder.distill(start, prompts, targets, l2=1e-6, tolerance=1e-7)
+    fitted = static_encoder.distill(start, prompts, targets, l2=1e-6, tolerance=1e-7, map_start=False)
     np.testing.assert_allclose(static_encoder.embed(fitted, prompts), targets, atol=1e-3)
     np.testing.assert_allclose(fitted[:30], true[:30], atol=1e-2)  # enough prompts to pin every seen token
     np.testing.assert_array_equal(fitted[30:], start[30:])
-    held = static_encoder.distill(start, prompts, targets, l2=100.0)
+    held = static_encoder.distill(start, prompts, targets, l2=100.0, map_start=False)
     assert np.abs(held - start).mean() < 0.2 * np.abs(fitted - start).mean()
+
+
+def test_static_start_map_carries_the_fit_to_tokens_no_prompt_holds() -> None:
+    """Where a token's vector in context is mostly an affine function of its vector alone, the map
+    fitted on the seen tokens' prompts moves the unseen tokens' start vectors to the same place:
+    held-out prompts of unseen tokens are embedded far closer to their targets than unmapped."""
+    from export import static_encoder
+
+    rng = np.random.default_rng(11)
+    vocab, dim = 60, 6
+    start = rng.normal(size=(vocab, dim)).astype(np.float32)
+    shift = rng.normal(size=(dim, dim)).astype(np.float32)
+    true = start @ shift + 3.0 + rng.normal(0.0, 0.1, size=start.shape).astype(np.float32)
+    seen = [list(rng.choice(40, size=rng.integers(2, 8))) for _ in range(800)]
+    unseen = [list(40 + rng.choice(20, size=rng.integers(2, 8))) for _ in range(100)]  # tokens no fit saw
+    targets = static_encoder.embed(true, seen)
+    expected = static_encoder.embed(true, unseen)
+
+    def error(map_start: bool) -> float:
+        vectors = static_encoder.distill(start, seen, targets, l2=0.01, map_start=map_start)
+        np.testing.assert_allclose(static_encoder.embed(vectors, seen), targets, atol=0.05)
+        return float(np.abs(static_encoder.embed(vectors, unseen) - expected).mean())
+
+    np.testing.assert_allclose(static_encoder.start_map(start, seen, targets)[40:], true[40:], atol=0.5)
+    assert error(True) < 0.1 * error(False)
 
 
 def test_static_cv_distils_on_the_training_rows_alone() -> None:
