@@ -598,8 +598,9 @@ def _head_metadata(job: ExportJob) -> None:
         "augment": opts.augment,
         "encoder": {"kind": "transformer", "layers": job.encoder.config.num_hidden_layers} if opts.encoder != "static"
         else {"kind": "static", "l2": STATIC_L2, "tokens": job.encoder.vectors.shape[0],
-              "fitted_on": "the index prompts: ridge towards each token's vector alone, so that the mean over a "
-                           "prompt's tokens reproduces the full base encoder's embedding of the prompt",
+              "fitted_on": "the index prompts: ridge towards each token's vector alone through one affine map "
+                           "(start_map), so that the mean over a prompt's tokens reproduces the full base "
+                           "encoder's embedding of the prompt",
               "out_of_fold": "the blend, calibration and familiarity embed training prompts with vectors fitted "
                              "without their fold (5 random folds)"},
         "map": None if not opts.map_to_full else {
