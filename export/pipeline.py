@@ -479,6 +479,7 @@ def distill_static(job: ExportJob) -> None:
     """[1/5] --encoder static: token vectors distilled from the full base encoder on the index prompts."""
     from export import static_encoder
     from export.cv import random_folds
+    from export.onnx_head import l2_normalize
     from export.train import load_encoder
 
     t = job.opts.train_options
@@ -502,8 +503,7 @@ def distill_static(job: ExportJob) -> None:
         job.static_oof_emb[held] = static_encoder.embed(fold_vectors, [ids[i] for i in held])
 
     def cosine(a: np.ndarray) -> float:
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(targets, axis=1)
-        return float(((a * targets).sum(1) / np.maximum(norms, 1e-12)).mean())
+        return float((l2_normalize(a) * l2_normalize(targets)).sum(1).mean())
 
     fitted = cosine(static_encoder.embed(vectors, ids))
     log(f">> [1/5] static encoder: mean cosine to the full encoder's embeddings {fitted:.3f} on the index prompts, "
