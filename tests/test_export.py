@@ -24,6 +24,7 @@ import onnx
 import pytest
 
 from export import metrics, repository
+from export.data import load_models, load_routing_set
 from export.pipeline import MODEL_NAME, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -783,3 +784,34 @@ def test_strip_choices() -> None:
     assert strip_choices(prompt) == "Which is a prime?"
     for free_form in ("Write a haiku about rain.", "Plan A. then B.\nAnswer: later", ""):
         assert strip_choices(free_form) == free_form
+
+
+def test_cv_cli_reports_every_column_and_scores_each_validation_file(tmp_path: Path) -> None:
+    """`make cv` end to end on a small sample of the routing files: every candidate gets every CV
+    and validation column, and each validation file is scored as itself, row for row (the length
+    candidate's figure equals the APGR of the file's own prompt lengths)."""
+    src, data = _routing_dir(), tmp_path / "data"
+    data.mkdir()
+    take = {"mmlu-train.jsonl": slice(0, None, 80), "llmrouter-train.jsonl": slice(0, 100),
+            "mmlu-val.jsonl": slice(0, 40), "llmrouter-val.jsonl": slice(0, 40), "zeroeval-ood.jsonl": slice(0, None, 40)}
+    for name, rows in take.items():
+        (data / name).write_text("".join((src / name).read_text().splitlines(keepends=True)[rows]))
+    for name in ("models.json", "llmrouter-models.json", "zeroeval-models.json"):
+        shutil.copy2(src / name, data / name)
+    proc = subprocess.run([sys.executable, "-m", "export.cv", "--data-dir", str(data), "--only", "length", "knn+length",
+                           "--k", "20", "--max-length", "32", "--out", str(tmp_path / "cv.json")],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ">> knn+length: held-out source folds" in proc.stdout
+    results = json.loads((tmp_path / "cv.json").read_text())
+    assert set(results) == {"length", "knn+length"}
+    columns = {"cv_random_mmlu", "cv_subject_mmlu", "cv_source_mmlu", "cv_source_llmrouter", "val_mmlu-val",
+               "val_llmrouter-val", "val_zeroeval-ood"}
+    for row in results.values():
+        assert columns <= set(row) and all(0.0 <= row[c]["apgr"] <= 1.0 for c in columns)
+    models = {"mmlu-val": "models.json", "llmrouter-val": "llmrouter-models.json", "zeroeval-ood": "zeroeval-models.json"}
+    for name, models_json in models.items():
+        rows = load_routing_set(data / f"{name}.jsonl", load_models(data / models_json))
+        expected = metrics.routing_metrics([len(p) for p in rows.prompts], rows.weak, rows.strong).apgr
+        assert results["length"][f"val_{name}"]["n"] == len(rows.prompts)
+        assert results["length"][f"val_{name}"]["apgr"] == pytest.approx(expected, abs=1e-4)

@@ -17,7 +17,7 @@ from export import metrics
 from export.metrics import spearman
 from export import cv
 from export.onnx_head import INDEX_CODE_MAX, EmbeddingHead, attach_head, quantize_rows, ridge_map
-from export.served_model import RankBlend, rank_in, rank_table
+from export.served_model import RankBlend, prompt_features, rank_in, rank_table
 
 
 def test_rank_in_interpolates_between_reference_ranks() -> None:
@@ -434,3 +434,55 @@ def test_static_cv_distils_on_the_training_rows_alone() -> None:
     np.testing.assert_array_equal(fit(train, test), vote)
     train.target_emb = rng.normal(size=train.target_emb.shape).astype(np.float32)
     assert not np.array_equal(fit(train, test), vote)
+
+
+def test_static_cv_blend_reads_training_rows_embedded_out_of_fold() -> None:
+    """As `make export` fits it, the static CV's blend votes on training rows embedded by vectors
+    fitted without them: a row's own target shapes its served (index) embedding, never the one its
+    blend vote reads; the other folds' vectors do see it."""
+    class Tokenizer:
+        def __call__(self, texts: list[str], truncation: bool, max_length: int) -> dict[str, list[list[int]]]:
+            return {"input_ids": [[0] + [2 + int(w) for w in t.split()] + [1] for t in texts]}
+
+    rng = np.random.default_rng(11)
+    train, test = _routing_rows(rng, 100, dim=4), _routing_rows(rng, 10, dim=4)
+    for data in (train, test):
+        data.prompts = [" ".join(str(w) for w in rng.choice(20, size=4)) for _ in data.prompts]
+    start = rng.normal(size=(22, 4)).astype(np.float32)
+    views: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def inner(tr: cv.RoutingData, te: cv.RoutingData) -> np.ndarray:
+        assert tr.blend_view is not None
+        views.append((tr.emb, tr.blend_view().emb))
+        return np.zeros(len(te.prompts))
+
+    fit = cv.static_fit(inner, Tokenizer(), start, 64, l2=0.01)
+    fit(train, test)
+    train.target_emb = train.target_emb.copy()
+    train.target_emb[0] += 5.0
+    fit(train, test)
+    (served, view), (served2, view2) = views
+    assert not np.allclose(served[0], view[0])  # in sample against out of fold
+    assert not np.allclose(served2[0], served[0])
+    np.testing.assert_array_equal(view2[0], view[0])
+    same_fold = cv.random_folds(len(train.prompts), seed=1) == cv.random_folds(len(train.prompts), seed=1)[0]
+    np.testing.assert_array_equal(view2[same_fold], view[same_fold])
+    assert not np.allclose(view2[~same_fold], view[~same_fold])
+
+
+def test_every_cv_candidate_scores_a_row_from_the_training_rows_alone() -> None:
+    """`make cv` scores the three validation files in one fit: that holds only if no candidate's
+    score for a row depends on the other rows it is scored with."""
+    rng = np.random.default_rng(12)
+
+    def rows(n: int) -> cv.RoutingData:
+        data = _routing_rows(rng, n, dim=4)
+        data.prompts = [" ".join(rng.choice(["why", "is", "the", "sky", "blue", "A. red"], size=rng.integers(2, 9)))
+                        for _ in range(n)]
+        data.features = prompt_features(data.prompts)
+        return data
+
+    train, a, b = rows(150), rows(20), rows(30)
+    for name, fit in cv.candidates(cv.KnnSpec(k=10)).items():
+        together = fit(train, cv.concat([a, b], "both"))
+        np.testing.assert_allclose(together, np.r_[fit(train, a), fit(train, b)], err_msg=name)
