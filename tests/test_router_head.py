@@ -468,6 +468,10 @@ def test_static_cv_blend_reads_training_rows_embedded_out_of_fold() -> None:
     same_fold = cv.random_folds(len(train.prompts), seed=1) == cv.random_folds(len(train.prompts), seed=1)[0]
     np.testing.assert_array_equal(view2[same_fold], view[same_fold])
     assert not np.allclose(view2[~same_fold], view[~same_fold])
+    quick: list[object] = []
+    cv.static_fit(lambda tr, te: quick.append(tr.blend_view) or np.zeros(len(te.prompts)), Tokenizer(), start, 64,
+                  l2=0.01, oof_blend=False)(train, test)
+    assert quick == [None]  # --no-static-oof-blend: the blend votes in sample
 
 
 def test_every_cv_candidate_scores_a_row_from_the_training_rows_alone() -> None:
