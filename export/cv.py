@@ -317,14 +317,14 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
                                       map_start=map_start)
 
     def out_of_fold(train: RoutingData) -> RoutingData:
-        folds = random_folds(len(train.prompts), seed=1)
-        emb = np.zeros((len(train.prompts), start.shape[1]), np.float32)
-        qonly = np.zeros_like(emb)
-        for f in np.unique(folds):
-            rest, held = np.where(folds != f)[0], np.where(folds == f)[0]
-            part = embedded(train.subset(held), vectors(train.subset(rest)))
-            emb[held], qonly[held] = part.emb, part.qonly_emb
-        return dataclasses.replace(train, emb=emb, qonly_emb=qonly, target_emb=None, qonly_target_emb=None)
+        prompts, copies = texts(train)
+        folds = random_folds(len(prompts), seed=1)  # a question-only copy goes with its prompt
+        emb = static_encoder.out_of_fold(start, token_ids(prompts + copies), train.index_targets(True),
+                                         np.r_[folds, folds[train.qonly_mask]], l2, map_start)
+        qonly = np.zeros_like(emb[: len(prompts)])
+        qonly[train.qonly_mask] = emb[len(prompts):]
+        return dataclasses.replace(train, emb=emb[: len(prompts)], qonly_emb=qonly, target_emb=None,
+                                   qonly_target_emb=None)
 
     def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
         fitted = vectors(train)
@@ -368,7 +368,8 @@ def report(scores: np.ndarray, data: RoutingData, by_source: bool = False,
 def blend_fit(spec: KnnSpec, use_knn: bool, features_used: tuple[str, ...] | None = None) -> Fit:
     """The blend recipe as a candidate: trained on ``train`` (its own out-of-fold votes), scoring ``test``."""
     def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
-        model = train_blend(train.blend_view() if train.blend_view else train, spec, use_knn, features_used=features_used).blend
+        blend_rows = train.blend_view() if train.blend_view else train
+        model = train_blend(blend_rows, spec, use_knn, features_used=features_used).blend
         vote = knn_fit_score(train, test, spec)[0] if use_knn else np.full(len(test.prompts), 0.5)
         return model(vote, test.features).astype(np.float64)
     return fit
@@ -532,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         fit = fit if name == "length" else wrap(fit)  # the length needs no embeddings
         t = time.monotonic()
 
-        def done(step: str) -> None:  # a static candidate takes up to an hour: say where it is
+        def done(step: str) -> None:  # a static candidate takes over an hour: say where it is
             print(f">> {name}: {step} ({time.monotonic() - t:.0f}s)", flush=True)
 
         row: dict[str, Any] = {"cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu)}

@@ -495,12 +495,8 @@ def distill_static(job: ExportJob) -> None:
     # full encoder's than a new prompt's: the out-of-fold steps embed each training prompt with vectors
     # fitted without its fold instead (the served index keeps the vectors fitted on all of them).
     folds = random_folds(len(job.train), seed=1)[job.index_rows]
-    job.static_oof_emb = np.zeros_like(targets)
-    for f in np.unique(folds):
-        log(f">> [1/5] static encoder: out-of-fold vectors {f + 1}/{len(np.unique(folds))}")
-        rest, held = np.where(folds != f)[0], np.where(folds == f)[0]
-        fold_vectors = static_encoder.distill(start, [ids[i] for i in rest], targets[rest])
-        job.static_oof_emb[held] = static_encoder.embed(fold_vectors, [ids[i] for i in held])
+    job.static_oof_emb = static_encoder.out_of_fold(start, ids, targets, folds,
+                                                    log=lambda m: log(f">> [1/5] static encoder: {m}"))
 
     def cosine(a: np.ndarray) -> float:
         return float((l2_normalize(a) * l2_normalize(targets)).sum(1).mean())

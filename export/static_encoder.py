@@ -118,6 +118,21 @@ def distill(start: np.ndarray, token_ids: Sequence[Sequence[int]], targets: np.n
     return vectors
 
 
+def out_of_fold(start: np.ndarray, token_ids: Sequence[Sequence[int]], targets: np.ndarray, folds: np.ndarray,
+                l2: float = STATIC_L2, map_start: bool = True,
+                log: Callable[[str], None] | None = None) -> np.ndarray:
+    """[prompts, width]: each prompt embedded by vectors distilled without its fold, as a new prompt
+    is (its own fitted vectors would bring it closer to the full encoder than a new prompt gets)."""
+    out = np.zeros_like(targets, dtype=np.float32)
+    for f in np.unique(folds):
+        if log:
+            log(f"out-of-fold vectors {f + 1}/{len(np.unique(folds))}")
+        rest, held = np.where(folds != f)[0], np.where(folds == f)[0]
+        vectors = distill(start, [token_ids[i] for i in rest], targets[rest], l2, map_start=map_start)
+        out[held] = embed(vectors, [token_ids[i] for i in held])
+    return out
+
+
 def embed(vectors: np.ndarray, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """[prompts, width]: the mean of each prompt's token vectors (what the exported graph computes)."""
     return np.asarray(_bag(token_ids, len(vectors)) @ vectors, np.float32)
