@@ -287,7 +287,8 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
     As in the export, the blend's own out-of-fold votes read the training prompts embedded by vectors
     fitted without their fold (``blend_view``; 5 random folds, 5 more fits): a prompt's own vectors
     bring it closer to the full encoder than a new prompt gets. ``oof_blend=False`` skips that (about
-    4x quicker; the figures moved by 0.003 at most when measured: docs/router-quality.md)."""
+    4x quicker; within-fold and validation figures moved by 0.003 at most when measured:
+    docs/router-quality.md)."""
     import dataclasses
 
     from export import static_encoder
