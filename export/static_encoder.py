@@ -123,10 +123,10 @@ def out_of_fold(start: np.ndarray, token_ids: Sequence[Sequence[int]], targets: 
                 log: Callable[[str], None] | None = None) -> np.ndarray:
     """[prompts, width]: each prompt embedded by vectors distilled without its fold, as a new prompt
     is (its own fitted vectors would bring it closer to the full encoder than a new prompt gets)."""
-    out = np.zeros_like(targets, dtype=np.float32)
-    for f in np.unique(folds):
+    out, names = np.zeros_like(targets, dtype=np.float32), np.unique(folds)
+    for i, f in enumerate(names):
         if log:
-            log(f"out-of-fold vectors {f + 1}/{len(np.unique(folds))}")
+            log(f"out-of-fold vectors {i + 1}/{len(names)}")
         rest, held = np.where(folds != f)[0], np.where(folds == f)[0]
         vectors = distill(start, [token_ids[i] for i in rest], targets[rest], l2, map_start=map_start)
         out[held] = embed(vectors, [token_ids[i] for i in held])
