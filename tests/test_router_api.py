@@ -639,9 +639,23 @@ def test_request_id_reaches_triton(model_repo: Path, tmp_path: Path) -> None:
 
 # --- decision cache ---
 
-def _classifier_inferences(triton: TritonServer) -> int:
-    stats = requests.get(f"{triton.http_url}/v2/models/router_classifier/stats", timeout=10).json()
-    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+def _classifier_inferences(triton: TritonServer, expected: int | None = None, timeout_s: float = 10.0) -> int:
+    """Triton's count of classifier inferences. Triton records an inference in its statistics after
+    the reply has left, so a count read right after a call can lag behind it: with ``expected`` it is
+    read until it gets there (or the time is up); without, until two reads 0.2 s apart agree."""
+    def count() -> int:
+        stats = requests.get(f"{triton.http_url}/v2/models/router_classifier/stats", timeout=10).json()
+        return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+    deadline, seen = time.monotonic() + timeout_s, count()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if expected is not None and seen >= expected:
+            return seen
+        seen, last = count(), seen
+        if expected is None and seen == last:
+            return seen
+    return seen
 
 
 def test_decision_cache_reuses_a_classification(triton: TritonServer) -> None:
@@ -656,13 +670,13 @@ def test_decision_cache_reuses_a_classification(triton: TritonServer) -> None:
                               ttl_s=60, on_lookup=lookups.append, clock=lambda: now[0])
     before = _classifier_inferences(triton)
     first = cached.classify([PROMPTS[0]])
-    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton) == before + 1
+    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton, before + 1) == before + 1
     now[0] = 61.0  # expired
-    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton) == before + 2
+    assert cached.classify([PROMPTS[0]]) == first and _classifier_inferences(triton, before + 2) == before + 2
     cached.classify([PROMPTS[1], PROMPTS[2]])  # batch of two misses; size 2 evicts PROMPTS[0]
-    assert _classifier_inferences(triton) == before + 3
+    assert _classifier_inferences(triton, before + 3) == before + 3
     cached.classify([PROMPTS[0]])
-    assert _classifier_inferences(triton) == before + 4
+    assert _classifier_inferences(triton, before + 4) == before + 4
     assert lookups == [False, True, False, False, False, False]
 
 
