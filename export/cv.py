@@ -59,10 +59,14 @@ class RoutingData:
     # `emb` is mapped onto (fitted on the training rows of every fit, never on the rows it scores).
     target_emb: np.ndarray | None = None
     qonly_target_emb: np.ndarray | None = None
-    # With --encoder static: these rows embedded by vectors fitted without them (out of fold), what the
-    # blend's own out-of-fold votes read, as `make export` fits it; computed only when a blend asks
-    # (5 more distillations). None: these rows as they are.
-    blend_view: "Callable[[], RoutingData] | None" = None
+    # With --encoder static: these rows embedded, each by vectors fitted without its fold of `folds`
+    # (one distillation per fold), what out-of-fold votes on them read, as a new prompt (or a new
+    # task's) is embedded; computed only when asked. None: the embeddings do not depend on the rows.
+    fold_view: "Callable[[np.ndarray], RoutingData] | None" = None
+
+    def held_out(self, folds: np.ndarray) -> "RoutingData":
+        """These rows as out-of-fold votes over ``folds`` should read them (see ``fold_view``)."""
+        return self.fold_view(folds) if self.fold_view else self
 
     @property
     def gap(self) -> np.ndarray:
@@ -227,10 +231,13 @@ def train_blend(train: RoutingData, spec: KnnSpec, use_knn: bool = True, blend: 
     if not use_knn:
         half = np.full(n, 0.5)
         return BlendFit(fit_blend(half, train.features, train.gap), half, np.zeros(n))
-    familiar, support = oof_votes(train, random_folds(n, seed=1), spec)
+    familiar_folds = random_folds(n, seed=1)
+    familiar, support = oof_votes(train.held_out(familiar_folds), familiar_folds, spec)
     if blend is not None:
         return BlendFit(blend, familiar, support)
-    unfamiliar = oof_votes(train, group_folds(train.sources, seed=1), spec)[0]
+    # The static encoder: a held-out source's text unseen by the vectors too, as a new task's is.
+    source_folds = group_folds(train.sources, seed=1)
+    unfamiliar = oof_votes(train.held_out(source_folds), source_folds, spec)[0]
     blend = fit_blend(np.r_[familiar, unfamiliar], np.concatenate([train.features] * 2), np.r_[train.gap, train.gap],
                       features_used=features_used)
     return BlendFit(blend, familiar, support)
@@ -285,10 +292,10 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
     and their full-encoder embeddings, ``target_emb``; never the scored rows'), then ``inner`` on the
     prompts embedded with those vectors, as `make export EXPORT_ARGS=--encoder static` serves them.
     As in the export, the blend's own out-of-fold votes read the training prompts embedded by vectors
-    fitted without their fold (``blend_view``; 5 random folds, 5 more fits): a prompt's own vectors
-    bring it closer to the full encoder than a new prompt gets. ``oof_blend=False`` skips that (about
-    4x quicker; within-fold and validation figures moved by 0.003 at most when measured:
-    docs/router-quality.md)."""
+    fitted without their fold (``fold_view``: 5 more fits for its random folds, 5 for its held-out
+    sources): a prompt's own vectors bring it closer to the full encoder than a new prompt gets, and
+    a source's text, seen by the vectors, brings it closer than a new task's. ``oof_blend=False``
+    skips that (the blend votes in sample; much quicker: docs/router-quality.md)."""
     import dataclasses
 
     from export import static_encoder
@@ -317,9 +324,8 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
         return static_encoder.distill(start, token_ids(prompts + copies), data.index_targets(True), l2,
                                       map_start=map_start)
 
-    def out_of_fold(train: RoutingData) -> RoutingData:
-        prompts, copies = texts(train)
-        folds = random_folds(len(prompts), seed=1)  # a question-only copy goes with its prompt
+    def out_of_fold(train: RoutingData, folds: np.ndarray) -> RoutingData:
+        prompts, copies = texts(train)  # a question-only copy goes with its prompt
         emb = static_encoder.out_of_fold(start, token_ids(prompts + copies), train.index_targets(True),
                                          np.r_[folds, folds[train.qonly_mask]], l2, map_start)
         qonly = np.zeros_like(emb[: len(prompts)])
@@ -331,7 +337,7 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
         fitted = vectors(train)
         served = embedded(train, fitted)
         if oof_blend:
-            served = dataclasses.replace(served, blend_view=lambda: out_of_fold(train))
+            served = dataclasses.replace(served, fold_view=lambda folds: out_of_fold(train, folds))
         return inner(served, embedded(test, fitted))
     return fit
 
@@ -369,8 +375,7 @@ def report(scores: np.ndarray, data: RoutingData, by_source: bool = False,
 def blend_fit(spec: KnnSpec, use_knn: bool, features_used: tuple[str, ...] | None = None) -> Fit:
     """The blend recipe as a candidate: trained on ``train`` (its own out-of-fold votes), scoring ``test``."""
     def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
-        blend_rows = train.blend_view() if train.blend_view else train
-        model = train_blend(blend_rows, spec, use_knn, features_used=features_used).blend
+        model = train_blend(train, spec, use_knn, features_used=features_used).blend
         vote = knn_fit_score(train, test, spec)[0] if use_knn else np.full(len(test.prompts), 0.5)
         return model(vote, test.features).astype(np.float64)
     return fit
@@ -387,7 +392,9 @@ def served_cv(data: RoutingData, spec: KnnSpec, features_used: tuple[str, ...] |
     out: dict[str, Any] = {}
     for protocol, folds in (("random", random_folds(len(data.prompts))), ("grouped", group_folds(data.sources))):
         log(f">> cross-validation ({protocol} folds) of the blend recipe on {len(data.prompts)} training prompts")
-        scores = oof(data, folds, fit)
+        # Held-out sources read as a new task's prompts (the static encoder: vectors fitted without
+        # them); a random fold's rows are already embedded as unseen prompts of familiar tasks.
+        scores = oof(data.held_out(folds) if protocol == "grouped" else data, folds, fit)
         out[protocol] = {part: report(scores[rows], data.subset(rows), by_source=part == "other",
                                       folds=folds[rows] if protocol == "grouped" else None)
                          for part, rows in (("mmlu", np.where(mmlu)[0]), ("other", np.where(~mmlu)[0])) if len(rows)}
@@ -470,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static-map", action=argparse.BooleanOptionalAction, default=True,
                    help="--encoder static: map the single-token start vectors first (static_encoder.start_map)")
     p.add_argument("--static-oof-blend", action=argparse.BooleanOptionalAction, default=True,
-                   help="--encoder static: the blend votes on training prompts embedded out of fold, as the "
-                        "export fits it (--no-static-oof-blend: in sample, about 4x quicker)")
+                   help="--encoder static: the blend votes on training prompts embedded out of fold (random "
+                        "folds, and held-out sources), as the export fits it; 10 more distillations per fit "
+                        "(--no-static-oof-blend: in sample, several times quicker)")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")

@@ -19,7 +19,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,14 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
                           np.zeros_like(emb[:n]), np.zeros(n, bool), prompt_features(train.prompts))
     copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
     data.qonly_mask[copies], data.qonly_emb[copies] = True, emb[n:]
+    static_oof = job.static_oof
+    if static_oof is not None:
+        def held_out(folds: np.ndarray) -> cv.RoutingData:
+            index_emb = static_oof(folds[job.index_rows])
+            qonly = np.zeros_like(data.qonly_emb)
+            qonly[copies] = index_emb[n:]
+            return replace(data, emb=index_emb[:n], qonly_emb=qonly, fold_view=None)
+        data.fold_view = held_out
     if job.map_targets is not None:  # every fit below maps with its own training rows only
         data.target_emb, data.qonly_target_emb = job.map_targets[:n], np.zeros_like(emb[:n])
         data.qonly_target_emb[copies] = job.map_targets[n:]
@@ -392,9 +401,11 @@ class ExportJob:
     blends: dict[str, Any] = field(default_factory=dict)  # blend head: the fitted LogisticBlend per precision
     cv: dict[str, Any] = field(default_factory=dict)  # the served recipe's cross-validated figures
     map_targets: np.ndarray | None = None  # --map-to-full: the full encoder's embeddings of the index prompts
-    # --encoder static: the index prompts embedded by vectors distilled without them (5 folds), what
-    # the out-of-fold steps (blend, calibration, familiarity) embed training prompts with
+    # --encoder static: the index prompts embedded by vectors distilled without them (5 random folds),
+    # what the out-of-fold steps (blend, calibration, familiarity) embed training prompts with; and
+    # the same for any folds over the index rows (those holding out whole sources)
     static_oof_emb: np.ndarray | None = None
+    static_oof: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
@@ -494,9 +505,17 @@ def distill_static(job: ExportJob) -> None:
     # A prompt's own vectors were fitted to its embedding, so its static embedding is closer to the
     # full encoder's than a new prompt's: the out-of-fold steps embed each training prompt with vectors
     # fitted without its fold instead (the served index keeps the vectors fitted on all of them).
-    folds = random_folds(len(job.train), seed=1)[job.index_rows]
-    job.static_oof_emb = static_encoder.out_of_fold(start, ids, targets, folds,
-                                                    log=lambda m: log(f">> [1/5] static encoder: {m}"))
+    # Folds that hold out whole sources get their own (a new task's text is unseen by the vectors).
+    done: dict[bytes, np.ndarray] = {}
+
+    def out_of_fold(folds: np.ndarray) -> np.ndarray:
+        if folds.tobytes() not in done:
+            done[folds.tobytes()] = static_encoder.out_of_fold(
+                start, ids, targets, folds, log=lambda m: log(f">> static encoder, fold set {len(done) + 1}: {m}"))
+        return done[folds.tobytes()]
+
+    job.static_oof = out_of_fold
+    job.static_oof_emb = out_of_fold(random_folds(len(job.train), seed=1)[job.index_rows])
 
     def cosine(a: np.ndarray) -> float:
         return float((l2_normalize(a) * l2_normalize(targets)).sum(1).mean())
@@ -598,7 +617,8 @@ def _head_metadata(job: ExportJob) -> None:
                            "(start_map), so that the mean over a prompt's tokens reproduces the full base "
                            "encoder's embedding of the prompt",
               "out_of_fold": "the blend, calibration and familiarity embed training prompts with vectors fitted "
-                             "without their fold (5 random folds)"},
+                             "without their fold (5 random folds); the blend's and the cross-validation's "
+                             "held-out sources with vectors fitted without those sources"},
         "map": None if not opts.map_to_full else {
             "kind": "ridge", "l2": MAP_L2,
             "from_layers": opts.encoder_layers, "onto": "the full base encoder's mean-pooled embeddings",

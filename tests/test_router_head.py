@@ -3,6 +3,7 @@ the ensemble, on small hand-made cases."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -439,7 +440,8 @@ def test_static_cv_distils_on_the_training_rows_alone() -> None:
 def test_static_cv_blend_reads_training_rows_embedded_out_of_fold() -> None:
     """As `make export` fits it, the static CV's blend votes on training rows embedded by vectors
     fitted without them: a row's own target shapes its served (index) embedding, never the one its
-    blend vote reads; the other folds' vectors do see it."""
+    blend vote reads; the other folds' vectors do see it. For the held-out sources the whole
+    source is unseen: no row of it moves another's embedding."""
     class Tokenizer:
         def __call__(self, texts: list[str], truncation: bool, max_length: int) -> dict[str, list[list[int]]]:
             return {"input_ids": [[0] + [2 + int(w) for w in t.split()] + [1] for t in texts]}
@@ -448,12 +450,14 @@ def test_static_cv_blend_reads_training_rows_embedded_out_of_fold() -> None:
     train, test = _routing_rows(rng, 100, dim=4), _routing_rows(rng, 10, dim=4)
     for data in (train, test):
         data.prompts = [" ".join(str(w) for w in rng.choice(20, size=4)) for _ in data.prompts]
+    train.sources = [f"s{i % 7}" for i in range(100)]
     start = rng.normal(size=(22, 4)).astype(np.float32)
-    views: list[tuple[np.ndarray, np.ndarray]] = []
+    random, sources = cv.random_folds(100, seed=1), cv.group_folds(train.sources, seed=1)
+    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def inner(tr: cv.RoutingData, te: cv.RoutingData) -> np.ndarray:
-        assert tr.blend_view is not None
-        views.append((tr.emb, tr.blend_view().emb))
+        assert tr.fold_view is not None
+        views.append((tr.emb, tr.held_out(random).emb, tr.held_out(sources).emb))
         return np.zeros(len(te.prompts))
 
     fit = cv.static_fit(inner, Tokenizer(), start, 64, l2=0.01)
@@ -461,15 +465,19 @@ def test_static_cv_blend_reads_training_rows_embedded_out_of_fold() -> None:
     train.target_emb = train.target_emb.copy()
     train.target_emb[0] += 5.0
     fit(train, test)
-    (served, view), (served2, view2) = views
+    (served, view, by_source), (served2, view2, by_source2) = views
     assert not np.allclose(served[0], view[0])  # in sample against out of fold
     assert not np.allclose(served2[0], served[0])
     np.testing.assert_array_equal(view2[0], view[0])
-    same_fold = cv.random_folds(len(train.prompts), seed=1) == cv.random_folds(len(train.prompts), seed=1)[0]
+    same_fold = random == random[0]
     np.testing.assert_array_equal(view2[same_fold], view[same_fold])
     assert not np.allclose(view2[~same_fold], view[~same_fold])
+    same_source_fold = sources == sources[0]  # row 0's whole source, and any other its fold holds out
+    assert same_source_fold.sum() > same_fold.sum() // 2 and len(np.unique(sources)) > 1
+    np.testing.assert_array_equal(by_source2[same_source_fold], by_source[same_source_fold])
+    assert not np.allclose(by_source2[~same_source_fold], by_source[~same_source_fold])
     quick: list[object] = []
-    cv.static_fit(lambda tr, te: quick.append(tr.blend_view) or np.zeros(len(te.prompts)), Tokenizer(), start, 64,
+    cv.static_fit(lambda tr, te: quick.append(tr.fold_view) or np.zeros(len(te.prompts)), Tokenizer(), start, 64,
                   l2=0.01, oof_blend=False)(train, test)
     assert quick == [None]  # --no-static-oof-blend: the blend votes in sample
 
@@ -490,3 +498,33 @@ def test_every_cv_candidate_scores_a_row_from_the_training_rows_alone() -> None:
     for name, fit in cv.candidates(cv.KnnSpec(k=10)).items():
         together = fit(train, cv.concat([a, b], "both"))
         np.testing.assert_allclose(together, np.r_[fit(train, a), fit(train, b)], err_msg=name)
+
+
+def test_held_out_sources_are_voted_on_as_their_own_view() -> None:
+    """The static encoder's vectors must not have seen a held-out source's text: the blend's
+    unfamiliar votes and the export's grouped cross-validation read the rows as `fold_view` embeds
+    them for those folds; random folds read the rows as they are."""
+    rng = np.random.default_rng(3)
+    data = _routing_rows(rng, 120)
+    data.sources = [f"mmlu/s{i % 6}" if i < 80 else f"task{i % 4}" for i in range(120)]
+    noise = rng.normal(size=data.emb.shape).astype(np.float32)
+    asked: list[np.ndarray] = []
+
+    def view(folds: np.ndarray) -> cv.RoutingData:
+        asked.append(folds)
+        by_source = any(np.array_equal(folds, cv.group_folds(data.sources, seed=s)) for s in (0, 1))
+        return dataclasses.replace(data, emb=noise if by_source else data.emb, fold_view=None)
+
+    spec = cv.KnnSpec(k=5)
+    seen = cv.served_cv(data, spec, log=lambda _: None)
+    viewed = cv.served_cv(dataclasses.replace(data, fold_view=view), spec, log=lambda _: None)
+    noisy = cv.served_cv(dataclasses.replace(data, emb=noise), spec, log=lambda _: None)
+    assert viewed["random"] == seen["random"]
+    assert viewed["grouped"] == noisy["grouped"] != seen["grouped"]
+    assert any(np.array_equal(f, cv.group_folds(data.sources)) for f in asked)
+    plain = cv.train_blend(data, spec)
+    asked.clear()
+    blended = cv.train_blend(dataclasses.replace(data, fold_view=view), spec)
+    np.testing.assert_array_equal(blended.familiar_vote, plain.familiar_vote)
+    assert not np.allclose(blended.blend.coef, plain.blend.coef)
+    assert any(np.array_equal(f, cv.group_folds(data.sources, seed=1)) for f in asked)
