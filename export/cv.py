@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,8 +297,6 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
     sources): a prompt's own vectors bring it closer to the full encoder than a new prompt gets, and
     a source's text, seen by the vectors, brings it closer than a new task's. ``oof_blend=False``
     skips that (the blend votes in sample; much quicker: docs/router-quality.md)."""
-    import dataclasses
-
     from export import static_encoder
 
     tokens: dict[str, list[int]] = {}
@@ -324,22 +323,36 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
         return static_encoder.distill(start, token_ids(prompts + copies), data.index_targets(True), l2,
                                       map_start=map_start)
 
-    def out_of_fold(train: RoutingData, folds: np.ndarray) -> RoutingData:
-        prompts, copies = texts(train)  # a question-only copy goes with its prompt
-        emb = static_encoder.out_of_fold(start, token_ids(prompts + copies), train.index_targets(True),
-                                         np.r_[folds, folds[train.qonly_mask]], l2, map_start)
-        qonly = np.zeros_like(emb[: len(prompts)])
-        qonly[train.qonly_mask] = emb[len(prompts):]
-        return dataclasses.replace(train, emb=emb[: len(prompts)], qonly_emb=qonly, target_emb=None,
-                                   qonly_target_emb=None)
+    def out_of_fold(train: RoutingData, index_folds: np.ndarray) -> np.ndarray:
+        prompts, copies = texts(train)
+        return static_encoder.out_of_fold(start, token_ids(prompts + copies), train.index_targets(True),
+                                          index_folds, l2, map_start)
 
     def fit(train: RoutingData, test: RoutingData) -> np.ndarray:
         fitted = vectors(train)
         served = embedded(train, fitted)
-        if oof_blend:
-            served = dataclasses.replace(served, fold_view=lambda folds: out_of_fold(train, folds))
+        if oof_blend:  # the index as `texts` lists it: the rows, then their question-only copies
+            index_rows = np.r_[np.arange(len(train.prompts)), np.where(train.qonly_mask)[0]]
+            served = dataclasses.replace(served, fold_view=static_fold_view(
+                served, index_rows, lambda index_folds: out_of_fold(train, index_folds)))
         return inner(served, embedded(test, fitted))
     return fit
+
+
+def static_fold_view(data: RoutingData, index_rows: np.ndarray,
+                     out_of_fold: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], RoutingData]:
+    """``RoutingData.fold_view`` for ``data`` whose kNN index holds ``index_rows`` (the row of each
+    index prompt: the rows, then their question-only copies): ``out_of_fold`` embeds the index
+    prompts for folds over them, a copy in its row's fold."""
+    n = len(data.prompts)
+    copies = index_rows[n:]
+
+    def held_out(folds: np.ndarray) -> RoutingData:
+        index_emb = out_of_fold(folds[index_rows])
+        qonly = np.zeros_like(data.qonly_emb)
+        qonly[copies] = index_emb[n:]
+        return dataclasses.replace(data, emb=index_emb[:n], qonly_emb=qonly, fold_view=None)
+    return held_out
 
 
 def fold_pooled_apgr(scores: np.ndarray, data: RoutingData, folds: np.ndarray) -> tuple[float, list[float]]:

@@ -20,9 +20,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +37,6 @@ from export.served_model import (
 )
 from export.served_model import SOURCE as TEMPLATE  # copied into every version
 from export.train import TrainOptions
-
-if TYPE_CHECKING:  # for annotations; the steps import export.cv where they use it
-    from export.cv import RoutingData
 
 MODEL_NAME = "router_classifier"
 # Difficulty across tasks (code, math, QA, ...): a second training source for the blend head.
@@ -339,7 +336,7 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
     copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
     data.qonly_mask[copies], data.qonly_emb[copies] = True, emb[n:]
     if job.static_oof is not None:
-        data.fold_view = static_fold_view(data, job.index_rows, job.static_oof)
+        data.fold_view = cv.static_fold_view(data, job.index_rows, job.static_oof)
     if job.map_targets is not None:  # every fit below maps with its own training rows only
         data.target_emb, data.qonly_target_emb = job.map_targets[:n], np.zeros_like(emb[:n])
         data.qonly_target_emb[copies] = job.map_targets[n:]
@@ -359,22 +356,6 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
     if precision == job.metadata["precision"]:
         job.cv = cv.served_cv(data, spec, used, log)
     return [name]
-
-
-def static_fold_view(data: RoutingData, index_rows: np.ndarray,
-                     out_of_fold: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], RoutingData]:
-    """``RoutingData.fold_view`` for the training rows ``data`` of an export whose index holds
-    ``index_rows`` (the training row of each index prompt: the rows, then their question-only
-    copies): ``out_of_fold`` embeds the index prompts for folds over them, a copy in its row's fold."""
-    n = len(data.prompts)
-    copies = index_rows[n:]
-
-    def held_out(folds: np.ndarray) -> RoutingData:
-        index_emb = out_of_fold(folds[index_rows])
-        qonly = np.zeros_like(data.qonly_emb)
-        qonly[copies] = index_emb[n:]
-        return replace(data, emb=index_emb[:n], qonly_emb=qonly, fold_view=None)
-    return held_out
 
 
 def _served_scores(stage: Path, settings: Any, prompts: list[str], batch: int = 64) -> np.ndarray:

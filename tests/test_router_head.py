@@ -533,8 +533,6 @@ def test_held_out_sources_are_voted_on_as_their_own_view() -> None:
 def test_export_views_each_question_only_copy_in_its_prompts_fold() -> None:
     """The export's index holds the training rows, then question-only copies of some: a held-out
     fold's view embeds a copy in its own row's fold, and puts it beside that row."""
-    from export.pipeline import static_fold_view
-
     rng = np.random.default_rng(4)
     data = _routing_rows(rng, 12, dim=3)
     index_rows = np.r_[np.arange(12), [2, 5, 9]]  # rows 2, 5 and 9 have a question-only copy
@@ -546,7 +544,7 @@ def test_export_views_each_question_only_copy_in_its_prompts_fold() -> None:
         return np.stack([index_folds, np.arange(len(index_folds)), np.zeros(len(index_folds))], 1).astype(np.float32)
 
     folds = cv.random_folds(12, seed=3)
-    view = static_fold_view(data, index_rows, out_of_fold)(folds)
+    view = cv.static_fold_view(data, index_rows, out_of_fold)(folds)
     np.testing.assert_array_equal(asked[0], folds[index_rows])
     np.testing.assert_array_equal(view.emb[:, 0], folds)
     np.testing.assert_array_equal(view.emb[:, 1], np.arange(12))
