@@ -329,8 +329,8 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
     from export.served_model import HEAD_FILE
 
     train, n, opts = job.train, len(job.train), job.opts
-    if job.static_oof_emb is not None:  # unseen by the vectors that embed them (for every precision)
-        emb = job.static_oof_emb
+    if (oof := job.static_oof_emb) is not None:  # unseen by the vectors that embed them (for every precision)
+        emb = oof
     data = cv.RoutingData("train", list(train.prompts), list(train.sources), train.weak, train.strong, emb[:n],
                           np.zeros_like(emb[:n]), np.zeros(n, bool), prompt_features(train.prompts))
     copies = job.index_rows[n:]  # the question-only copies follow the prompts in the index
@@ -395,11 +395,17 @@ class ExportJob:
     blends: dict[str, Any] = field(default_factory=dict)  # blend head: the fitted LogisticBlend per precision
     cv: dict[str, Any] = field(default_factory=dict)  # the served recipe's cross-validated figures
     map_targets: np.ndarray | None = None  # --map-to-full: the full encoder's embeddings of the index prompts
-    # --encoder static: the index prompts embedded by vectors distilled without them (5 random folds),
-    # what the out-of-fold steps (blend, calibration, familiarity) embed training prompts with; and
-    # the same for any folds over the index rows (those holding out whole sources)
-    static_oof_emb: np.ndarray | None = None
+    # --encoder static: the index prompts embedded by vectors distilled without their fold, for any
+    # folds over the index rows (memoized: random folds, and those holding out whole sources)
     static_oof: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def static_oof_emb(self) -> np.ndarray | None:
+        """--encoder static: the index prompts embedded out of fold (5 random folds, seed 1), what the
+        out-of-fold steps (blend, calibration, familiarity) embed training prompts with."""
+        from export.cv import random_folds
+
+        return None if self.static_oof is None else self.static_oof(random_folds(len(self.train), seed=1)[self.index_rows])
 
     @property
     def knn(self) -> bool:  # an embedding head: base encoder + kNN vote
@@ -483,7 +489,6 @@ def fine_tune(job: ExportJob) -> None:
 def distill_static(job: ExportJob) -> None:
     """[1/5] --encoder static: token vectors distilled from the full base encoder on the index prompts."""
     from export import static_encoder
-    from export.cv import random_folds
     from export.onnx_head import l2_normalize
     from export.train import load_encoder
 
@@ -509,14 +514,15 @@ def distill_static(job: ExportJob) -> None:
         return done[folds.tobytes()]
 
     job.static_oof = out_of_fold
-    job.static_oof_emb = out_of_fold(random_folds(len(job.train), seed=1)[job.index_rows])
+    oof = job.static_oof_emb  # distilled here, where the step's progress is shown
+    assert oof is not None
 
     def cosine(a: np.ndarray) -> float:
         return float((l2_normalize(a) * l2_normalize(targets)).sum(1).mean())
 
     fitted = cosine(static_encoder.embed(vectors, ids))
     log(f">> [1/5] static encoder: mean cosine to the full encoder's embeddings {fitted:.3f} on the index prompts, "
-        f"{cosine(job.static_oof_emb):.3f} out of fold")
+        f"{cosine(oof):.3f} out of fold")
     job.model = job.encoder = static_encoder.StaticEncoder(vectors)
 
 
