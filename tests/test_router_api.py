@@ -511,6 +511,21 @@ def test_request_log_lines(triton: TritonServer, tmp_path: Path, capfd: pytest.C
         assert all("prompt" not in line and "answer" not in line for line in lines)
 
 
+@pytest.mark.parametrize("access_log", ["-", ""])
+def test_gunicorn_access_log_can_be_turned_off(triton: TritonServer, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str], access_log: str) -> None:
+    """gunicorn's access line is on by default (stdout); ROUTER_ACCESS_LOG="" leaves the router's
+    JSON line as the only line per request."""
+    with run_router(router_config_dict(triton), tmp_path, env={"ROUTER_ACCESS_LOG": access_log}) as url:
+        resp = _chat(url, model="smollm2-135m", max_tokens=1)
+        assert resp.status_code == 200
+        time.sleep(0.3)  # both lines are written once the answer has gone out
+    out = capfd.readouterr()
+    access = [line for line in out.out.splitlines() if '"POST /v1/chat/completions HTTP/1.1" 200' in line]
+    assert len(access) == (1 if access_log else 0)
+    assert [line["request_id"] for line in _request_lines(out.out + out.err)] == [resp.headers["x-request-id"]]
+
+
 # --- Prometheus metrics ---
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
