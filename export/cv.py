@@ -24,8 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +315,7 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
         qonly = np.zeros_like(emb)
         if copies:
             qonly[data.qonly_mask] = static_encoder.embed(vectors, token_ids(copies))
-        return dataclasses.replace(data, emb=emb, qonly_emb=qonly, target_emb=None, qonly_target_emb=None)
+        return replace(data, emb=emb, qonly_emb=qonly, target_emb=None, qonly_target_emb=None)
 
     def vectors(data: RoutingData) -> np.ndarray:
         prompts, copies = texts(data)
@@ -333,7 +332,7 @@ def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l
         served = embedded(train, fitted)
         if oof_blend:  # the index as `texts` lists it: the rows, then their question-only copies
             index_rows = np.r_[np.arange(len(train.prompts)), np.where(train.qonly_mask)[0]]
-            served = dataclasses.replace(served, fold_view=static_fold_view(
+            served = replace(served, fold_view=static_fold_view(
                 served, index_rows, lambda index_folds: out_of_fold(train, index_folds)))
         return inner(served, embedded(test, fitted))
     return fit
@@ -351,7 +350,7 @@ def static_fold_view(data: RoutingData, index_rows: np.ndarray,
         index_emb = out_of_fold(folds[index_rows])
         qonly = np.zeros_like(data.qonly_emb)
         qonly[copies] = index_emb[n:]
-        return dataclasses.replace(data, emb=index_emb[:n], qonly_emb=qonly, fold_view=None)
+        return replace(data, emb=index_emb[:n], qonly_emb=qonly, fold_view=None)
     return held_out
 
 
