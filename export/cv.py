@@ -469,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
     p.add_argument("--k", type=int, default=KnnSpec.k)
+    p.add_argument("--ramp", type=float, default=KnnSpec.ramp,
+                   help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range "
+                        "(as `make export EXPORT_ARGS=--knn-ramp R` serves)")
     p.add_argument("--encoder-layers", type=int, default=0,
                    help="embed with the base encoder's first N transformer layers (as `make export "
                         "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
@@ -500,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     from export.train import keep_layers, load_encoder
     from export.pipeline import default_base_model
 
+    if not 0 < a.ramp <= 1:
+        p.error("--ramp R needs 0 < R <= 1")
     if a.map_to_full and not a.encoder_layers:
         p.error("--map-to-full needs --encoder-layers N")
     if a.encoder == "static" and (a.encoder_layers or a.confidence):
@@ -541,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                                       a.static_oof_blend)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
-    spec = KnnSpec(k=a.k, map_l2=a.map_l2 if a.map_to_full else None)
+    spec = KnnSpec(k=a.k, ramp=a.ramp, map_l2=a.map_l2 if a.map_to_full else None)
     if a.confidence:
         for flagged in confidence_report(sets, both, len(mmlu.prompts), spec):
             print(json.dumps(flagged), flush=True)

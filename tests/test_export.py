@@ -786,6 +786,16 @@ def test_strip_choices() -> None:
         assert strip_choices(free_form) == free_form
 
 
+@pytest.mark.parametrize("ramp", ["0", "1.5"])
+def test_cv_cli_refuses_a_ramp_outside_0_1(tmp_path: Path, ramp: str) -> None:
+    """`make cv CV_ARGS="--ramp R"` takes what `make export`'s --knn-ramp takes, and says so before it
+    loads any data."""
+    proc = subprocess.run([sys.executable, "-m", "export.cv", "--ramp", ramp, "--out", str(tmp_path / "cv.json")],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "--ramp R needs 0 < R <= 1" in proc.stderr
+    assert not (tmp_path / "cv.json").exists()
+
+
 def test_cv_cli_reports_every_column_and_scores_each_validation_file(tmp_path: Path) -> None:
     """`make cv` end to end on a small sample of the routing files: every candidate gets every CV
     and validation column, and each validation file is scored as itself, row for row (the length
