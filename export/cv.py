@@ -472,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=KnnSpec.ramp,
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range "
                         "(as `make export EXPORT_ARGS=--knn-ramp R` serves)")
+    p.add_argument("--augment", choices=("question-only", "none"), default="question-only",
+                   help="question-only: the index also holds each MMLU prompt without its A-D options (as "
+                        "`make export` serves by default); none: the prompts alone (`EXPORT_ARGS=--augment none`)")
     p.add_argument("--encoder-layers", type=int, default=0,
                    help="embed with the base encoder's first N transformer layers (as `make export "
                         "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
@@ -546,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                                       a.static_oof_blend)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
-    spec = KnnSpec(k=a.k, ramp=a.ramp, map_l2=a.map_l2 if a.map_to_full else None)
+    spec = KnnSpec(k=a.k, ramp=a.ramp, augment=a.augment == "question-only",
+                   map_l2=a.map_l2 if a.map_to_full else None)
     if a.confidence:
         for flagged in confidence_report(sets, both, len(mmlu.prompts), spec):
             print(json.dumps(flagged), flush=True)
