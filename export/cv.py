@@ -465,16 +465,18 @@ def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from export.pipeline import ExportOptions, default_base_model  # here: pipeline imports this module
+
     p = argparse.ArgumentParser(prog="python -m export.cv", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
     p.add_argument("--k", type=int, default=KnnSpec.k)
-    p.add_argument("--ramp", type=float, default=KnnSpec.ramp,
+    p.add_argument("--ramp", type=float, default=ExportOptions.knn_ramp,
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range "
                         "(as `make export EXPORT_ARGS=--knn-ramp R` serves)")
-    p.add_argument("--augment", choices=("question-only", "none"), default="question-only",
-                   help="question-only: the index also holds each MMLU prompt without its A-D options (as "
-                        "`make export` serves by default); none: the prompts alone (`EXPORT_ARGS=--augment none`)")
+    p.add_argument("--augment", choices=("question-only", "none"), default=ExportOptions.augment,
+                   help="question-only: the index also holds each MMLU prompt without its A-D options; none: the "
+                        "prompts alone (default: what `make export` serves; `EXPORT_ARGS=--augment none`)")
     p.add_argument("--encoder-layers", type=int, default=0,
                    help="embed with the base encoder's first N transformer layers (as `make export "
                         "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
@@ -504,7 +506,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     d = a.data_dir
     from export.train import keep_layers, load_encoder
-    from export.pipeline import default_base_model
 
     if not 0 < a.ramp <= 1:
         p.error("--ramp R needs 0 < R <= 1")
