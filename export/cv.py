@@ -465,7 +465,7 @@ def confidence_report(sets: dict[str, RoutingData], both: RoutingData, n_mmlu: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.pipeline import ExportOptions, default_base_model  # here: pipeline imports this module
+    from export.pipeline import AUGMENTS, ExportOptions, default_base_model  # here: pipeline imports this module
 
     p = argparse.ArgumentParser(prog="python -m export.cv", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=ExportOptions.knn_ramp,
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range "
                         "(as `make export EXPORT_ARGS=--knn-ramp R` serves)")
-    p.add_argument("--augment", choices=("question-only", "none"), default=ExportOptions.augment,
+    p.add_argument("--augment", choices=AUGMENTS, default=ExportOptions.augment,
                    help="question-only: the index also holds each MMLU prompt without its A-D options; none: the "
                         "prompts alone (default: what `make export` serves; `EXPORT_ARGS=--augment none`)")
     p.add_argument("--encoder-layers", type=int, default=0,

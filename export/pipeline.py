@@ -57,6 +57,8 @@ ENSEMBLE_EPOCHS = 1
 # 4 frozen: 0.739 / 0.762). A frozen trunk trains at twice the learning rate.
 ENSEMBLE_FREEZE = 3
 ENSEMBLE_LR = 1e-4
+# --augment: the kNN index also holds MMLU prompts' question-only copies, or the prompts alone.
+AUGMENTS = ("question-only", "none")
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--knn-k", type=int, default=ExportOptions.knn_k, help="neighbours in the vote")
     p.add_argument("--knn-ramp", type=float, default=ExportOptions.knn_ramp,
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range")
-    p.add_argument("--augment", choices=("question-only", "none"), default=ExportOptions.augment,
+    p.add_argument("--augment", choices=AUGMENTS, default=ExportOptions.augment,
                    help="question-only (default): the kNN index also holds each training prompt with MMLU's "
                         "'A. … D. … Answer:' scaffolding stripped (for free-form traffic)")
     p.add_argument("--knn-label", choices=("gap", "binary"), default=ExportOptions.knn_label,
