@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from export import metrics
-from export.data import DEFAULT_DATA_DIR, load_models, load_routing_set, strip_choices
+from export.data import DEFAULT_DATA_DIR, chat_rewrite, load_models, load_routing_set, strip_choices
 from export.onnx_head import EmbeddingHead, ridge_map
-from export.served_model import FEATURE_NAMES, LogisticBlend, prompt_features
+from export.served_model import FEATURE_NAMES, LogisticBlend, lists_options, prompt_features
 
 CACHE = Path(".cache/cv")
 MAX_LENGTH = 128
@@ -55,6 +55,9 @@ class RoutingData:
     qonly_emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), np.float32))
     qonly_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), np.float32))
+    # 1 where the prompt lists A-D options (``lists_options``; computed when not given): as a
+    # query, it sees the question-only copies
+    options: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     # With --map-to-full: the full encoder's embeddings of the same rows, what a shallower encoder's
     # `emb` is mapped onto (fitted on the training rows of every fit, never on the rows it scores).
     target_emb: np.ndarray | None = None
@@ -63,6 +66,10 @@ class RoutingData:
     # (one distillation per fold), what out-of-fold votes on them read, as a new prompt (or a new
     # task's) is embedded; computed only when asked. None: the embeddings do not depend on the rows.
     fold_view: "Callable[[np.ndarray], RoutingData] | None" = None
+
+    def __post_init__(self) -> None:
+        if len(self.options) != len(self.prompts):
+            self.options = lists_options(self.prompts)
 
     def held_out(self, folds: np.ndarray) -> "RoutingData":
         """These rows as out-of-fold votes over ``folds`` should read them (see ``fold_view``)."""
@@ -76,7 +83,7 @@ class RoutingData:
     def subset(self, rows: np.ndarray) -> "RoutingData":
         return RoutingData(self.name, [self.prompts[i] for i in rows], [self.sources[i] for i in rows],
                            self.weak[rows], self.strong[rows], self.emb[rows], self.qonly_emb[rows],
-                           self.qonly_mask[rows], self.features[rows],
+                           self.qonly_mask[rows], self.features[rows], self.options[rows],
                            None if self.target_emb is None else self.target_emb[rows],
                            None if self.qonly_target_emb is None else self.qonly_target_emb[rows])
 
@@ -86,6 +93,10 @@ class RoutingData:
             return self.emb, self.gap
         return (np.concatenate([self.emb, self.qonly_emb[self.qonly_mask]]),
                 np.concatenate([self.gap, self.gap[self.qonly_mask]]))
+
+    def index_copies(self, augment: bool = True) -> np.ndarray:
+        """Per row of ``index``: whether it is a question-only copy."""
+        return np.arange(len(self.index(augment)[1])) >= len(self.prompts)
 
     def index_targets(self, augment: bool = True) -> np.ndarray:
         """``target_emb`` in the order of ``index``."""
@@ -149,6 +160,7 @@ class KnnSpec:
     ramp: float = 0.25
     center: bool = True
     augment: bool = True  # index the question-only copies too
+    gate: bool = True  # ... seen only by queries that list A-D options (EmbeddingHead ``copies``)
     map_l2: float | None = None  # map `emb` onto `target_emb` (ridge, this L2) before the vote; None: no map
 
 
@@ -160,13 +172,14 @@ def knn_head(train: RoutingData, spec: KnnSpec) -> EmbeddingHead:
     index rows alone."""
     emb, labels = train.index(spec.augment)
     projection = None if spec.map_l2 is None else ridge_map(emb, train.index_targets(spec.augment), spec.map_l2)
-    return EmbeddingHead(emb, labels, spec.k, spec.ramp, center=spec.center, projection=projection)
+    return EmbeddingHead(emb, labels, spec.k, spec.ramp, center=spec.center, projection=projection,
+                         copies=train.index_copies(spec.augment) if spec.gate else None)
 
 
 def knn_fit_score(train: RoutingData, test: RoutingData, spec: KnnSpec) -> tuple[np.ndarray, np.ndarray]:
     """(vote, support) of ``test`` against an index of ``train``."""
     head = knn_head(train, spec)
-    return head.vote(head.embed(test.emb))
+    return head.vote(head.embed(test.emb), test.options)
 
 
 LENGTH_FEATURES = ("log_chars", "log_words", "log_lines")
@@ -265,7 +278,7 @@ def group_folds(groups: list[str], seed: int = 0) -> np.ndarray:
 
 
 def concat(parts: list[RoutingData], name: str) -> RoutingData:
-    fields = ["weak", "strong", "emb", "qonly_emb", "qonly_mask", "features"]
+    fields = ["weak", "strong", "emb", "qonly_emb", "qonly_mask", "features", "options"]
     if all(p.target_emb is not None for p in parts):
         fields += ["target_emb", "qonly_target_emb"]
     return RoutingData(name, sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
@@ -276,14 +289,29 @@ def concat(parts: list[RoutingData], name: str) -> RoutingData:
 Fit = Callable[[RoutingData, RoutingData], np.ndarray]
 
 
-def oof(data: RoutingData, folds: np.ndarray, fit: Fit) -> np.ndarray:
+def oof(data: RoutingData, folds: np.ndarray, fit: Fit, scored: RoutingData | None = None) -> np.ndarray:
     """Every row scored by ``fit`` trained on the other folds' rows (nested: a blend's own
-    out-of-fold votes come from inside the training folds only)."""
+    out-of-fold votes come from inside the training folds only); with ``scored`` (the same rows
+    rewritten: ``rewrite_views``) the held-out rows are scored as ``scored`` has them."""
     out = np.zeros(len(data.prompts))
     for f in np.unique(folds):
         test = np.where(folds == f)[0]
-        out[test] = fit(data.subset(np.where(folds != f)[0]), data.subset(test))
+        out[test] = fit(data.subset(np.where(folds != f)[0]), (scored or data).subset(test))
     return out
+
+
+def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int = 0,
+                  max_length: int = MAX_LENGTH) -> dict[str, RoutingData]:
+    """``data``'s rows as free-form traffic would word them, labels kept (``make eval
+    EVAL_ARGS=--rewrite R`` on a validation file): the question alone (MMLU's A-D options
+    stripped) and a chat request around it (``chat_rewrite``, keyed by the row's id)."""
+    views = {}
+    for name, prompts in (("question-only", [strip_choices(p) for p in data.prompts]),
+                          ("chat", [chat_rewrite(p, i) for p, i in zip(data.prompts, ids)])):
+        views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
+                              features=prompt_features(prompts), options=lists_options(prompts),
+                              target_emb=None, qonly_target_emb=None, fold_view=None)
+    return views
 
 
 def static_fit(inner: Fit, tokenizer: Any, start: np.ndarray, max_length: int, l2: float,
@@ -475,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range "
                         "(as `make export EXPORT_ARGS=--knn-ramp R` serves)")
     p.add_argument("--augment", choices=AUGMENTS, default=ExportOptions.augment,
-                   help="question-only: the index also holds each MMLU prompt without its A-D options; none: the "
-                        "prompts alone (default: what `make export` serves; `EXPORT_ARGS=--augment none`)")
+                   help="question-only-gated: the index also holds each MMLU prompt without its A-D options, seen "
+                        "only by prompts that list options; question-only: seen by every prompt; none: the prompts "
+                        "alone (default: what `make export` serves; `EXPORT_ARGS=--augment A` exports another)")
     p.add_argument("--encoder-layers", type=int, default=0,
                    help="embed with the base encoder's first N transformer layers (as `make export "
                         "EXPORT_ARGS=--encoder-layers N` serves it); 0: all")
@@ -500,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="--encoder static: the blend votes on training prompts embedded out of fold (random "
                         "folds, and held-out sources), as the export fits it; 10 more distillations per fit "
                         "(--no-static-oof-blend: in sample, several times quicker)")
+    p.add_argument("--rewrites", action="store_true",
+                   help="also score the random MMLU folds with the held-out prompts reworded as free-form traffic "
+                        "(question-only: the A-D options stripped; chat: a chat request around the question), "
+                        "labels kept: the training-data twin of `make eval EVAL_ARGS=--rewrite R`")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -550,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                                       a.static_oof_blend)
     mmlu, lr = sets["mmlu-train"], sets["llmrouter-train"]
     both = concat([mmlu, lr], "mmlu+llmrouter-train")
-    spec = KnnSpec(k=a.k, ramp=a.ramp, augment=a.augment == "question-only",
+    spec = KnnSpec(k=a.k, ramp=a.ramp, augment=a.augment != "none", gate=a.augment == "question-only-gated",
                    map_l2=a.map_l2 if a.map_to_full else None)
     if a.confidence:
         for flagged in confidence_report(sets, both, len(mmlu.prompts), spec):
@@ -558,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Any] = {}
     subjects, sources = group_folds(mmlu.sources), group_folds(both.sources)
+    views = rewrite_views(mmlu, load_routing_set(d / "mmlu-train.jsonl", load_models(d / "models.json")).ids,
+                          loader(a.encoder_layers), a.encoder_layers, a.max_length) if a.rewrites else {}
     for name, fit in candidates(spec).items():
         if a.only and name not in a.only:
             continue
@@ -568,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f">> {name}: {step} ({time.monotonic() - t:.0f}s)", flush=True)
 
         row: dict[str, Any] = {"cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu)}
+        for rewrite, view in views.items():  # the same folds, the held-out prompts reworded
+            row[f"cv_random_mmlu_{rewrite}"] = report(oof(mmlu, random_folds(len(mmlu.prompts)), fit, view), mmlu)
         done("random folds")
         row["cv_subject_mmlu"] = report(oof(mmlu, subjects, fit), mmlu, folds=subjects)
         done("held-out subject folds")
@@ -587,8 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: row}), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1) + "\n")
-    cols = ["cv_random_mmlu", "cv_subject_mmlu", "cv_source_mmlu", "cv_source_llmrouter", "val_mmlu-val",
-            "val_llmrouter-val", "val_zeroeval-ood"]
+    cols = ["cv_random_mmlu", *(f"cv_random_mmlu_{r}" for r in views), "cv_subject_mmlu", "cv_source_mmlu",
+            "cv_source_llmrouter", "val_mmlu-val", "val_llmrouter-val", "val_zeroeval-ood"]
     print("\nGrouped columns: the APGR pooled within each fold (one model's scores), then pooled across folds in "
           "[brackets]; (per task) for LLMRouter.")
     print("| candidate | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")

@@ -185,7 +185,7 @@ def parity_check(
     embedding head, pooled embeddings) of the same prompts. An embedding head runs in the graph: its
     branch scores are compared with ``reference`` (export/onnx_head.py's numpy head) applied to the
     PyTorch embeddings. Returns the check and the served scores."""
-    from export.served_model import POOLED_OUTPUT, probabilities
+    from export.served_model import POOLED_OUTPUT, lists_options, probabilities
 
     hf_ids = hf_tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
     # Served ids without the batch padding, to compare with the unpadded transformers ids.
@@ -206,7 +206,8 @@ def parity_check(
         # Compared per branch score (kNN vote, classifier): the ensemble's rank blend maps a 1e-7
         # score difference to a rank difference as steep as the reference scores are dense.
         compared = np.concatenate(branches)
-        torch_compared = np.concatenate([c for c in reference.components(torch_logits) if c is not None])
+        torch_compared = np.concatenate([c for c in reference.components(torch_logits, lists_options(prompts))
+                                         if c is not None])
     parity = Parity(
         n=len(prompts),
         max_abs_diff_prob=float(np.max(np.abs(compared - torch_compared))) if len(prompts) else 0.0,

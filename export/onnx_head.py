@@ -12,10 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from export.served_model import CLF_OUTPUT, KNN_OUTPUT, POOLED_OUTPUT, SUPPORT_OUTPUT
+from export.served_model import CLF_OUTPUT, KNN_OUTPUT, OPTIONS_INPUT, POOLED_OUTPUT, SUPPORT_OUTPUT
 
 
 SUPPORT_K = 10  # neighbours whose mean similarity measures how familiar a prompt is
+# Subtracted from a hidden copy's cosine similarity (in [-1, 1]): it ranks below every other index
+# prompt, so it never enters the top k + 1 (k is capped below the number of the others).
+COPY_HIDE = 4.0
 
 
 def ridge_map(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +49,12 @@ class EmbeddingHead:
     index alike): with ``--map-to-full`` a shallow encoder's embeddings mapped onto the full
     encoder's (``ridge_map``), so its neighbours are chosen in the full encoder's geometry.
 
+    ``copies`` (one flag per index row): the rows that are question-only copies of MMLU prompts
+    (the prompt without its A-D options). Only queries that list A-D options themselves see them
+    (``options`` of ``vote``; served: ``lists_options``); for every other query they drop out of the
+    vote. Free-form prompts of other tasks otherwise find their neighbourhoods crowded with copies,
+    which look like them but carry MMLU's model pair's labels (docs/router-quality.md).
+
     ``center``: subtract the index embeddings' mean before normalising (queries and index alike).
     MiniLM's embeddings share a common direction that inflates every cosine similarity; with it
     removed the neighbours are chosen more by content (docs/router-quality.md: train-CV and
@@ -59,7 +68,7 @@ class EmbeddingHead:
 
     def __init__(self, embeddings: np.ndarray, labels: np.ndarray, k: int, ramp: float = 0.25,
                  clf_w: np.ndarray | None = None, clf_b: np.ndarray | None = None, center: bool = False,
-                 projection: tuple[np.ndarray, np.ndarray] | None = None):
+                 projection: tuple[np.ndarray, np.ndarray] | None = None, copies: np.ndarray | None = None):
         self.projection = None if projection is None else (np.asarray(projection[0], np.float32),
                                                             np.asarray(projection[1], np.float32))
         raw = self._project(embeddings)
@@ -69,6 +78,16 @@ class EmbeddingHead:
         if len(self.labels) != len(self.embeddings) or len(self.labels) == 0:
             raise ValueError("head: embeddings and labels must be non-empty and the same length")
         self.k = int(max(1, min(k, len(self.labels))))
+        flags = None if copies is None else np.asarray(copies, bool).reshape(-1)
+        if flags is not None and len(flags) != len(self.labels):
+            raise ValueError("head: one copy flag per index row")
+        if flags is not None and flags.any():  # k + 1 <= the rows every query sees: no hidden row is in reach
+            shown = len(flags) - int(flags.sum())
+            if shown < 2:
+                raise ValueError("head: an index with hidden copies needs at least 2 other rows")
+            self.k = min(self.k, shown - 1)
+        # the similarity a query without options loses on each index row: 0, or COPY_HIDE on a copy
+        self.copy_penalty = None if flags is None or not flags.any() else (flags * -COPY_HIDE).astype(np.float32)
         self.ramp = float(ramp)
         self.clf_w = None if clf_w is None else np.asarray(clf_w, dtype=np.float64)
         self.clf_b = None if clf_w is None else np.asarray(clf_b, dtype=np.float64).reshape(-1)
@@ -90,17 +109,26 @@ class EmbeddingHead:
         x = self._project(pooled_base)
         return l2_normalize(x if self.center is None else x - self.center)
 
-    def knn(self, emb: np.ndarray) -> np.ndarray:
+    def knn(self, emb: np.ndarray, options: np.ndarray | None = None) -> np.ndarray:
         """The vote for embeddings already in index space (``embed``)."""
-        return self.vote(emb)[0]
+        return self.vote(emb, options)[0]
 
-    def vote(self, emb: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def vote(self, emb: np.ndarray, options: np.ndarray | None = None,
+             batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(the vote, its support) for embeddings in index space; support = the mean cosine
-        similarity of the ``SUPPORT_K`` nearest index prompts: how familiar the prompt is."""
+        similarity of the ``SUPPORT_K`` nearest index prompts: how familiar the prompt is.
+        ``options`` (1 where a query lists A-D options, else 0): required when the index holds
+        ``copies``, which the other queries do not see."""
+        if self.copy_penalty is not None and options is None:
+            raise ValueError("head: an index with question-only copies needs the queries' options flags")
+        opts = None if options is None else np.asarray(options, np.float32).reshape(-1)
         if len(emb) > batch:  # bounded memory: [batch, index] similarities at a time
-            parts = [self.vote(emb[i : i + batch], batch) for i in range(0, len(emb), batch)]
+            parts = [self.vote(emb[i : i + batch], None if opts is None else opts[i : i + batch], batch)
+                     for i in range(0, len(emb), batch)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         sims = emb @ self.embeddings.T  # cosine similarities [n, train]
+        if self.copy_penalty is not None and opts is not None:  # as the graph: + (1 - options) x penalty
+            sims = sims + (1.0 - opts)[:, None] * self.copy_penalty[None, :]
         k, n = self.k, sims.shape[1]
         top = np.argsort(-sims, axis=1) if k + 1 >= n else np.argpartition(-sims, k, axis=1)[:, : k + 1]
         s = np.take_along_axis(sims, top, axis=1)
@@ -125,11 +153,11 @@ class EmbeddingHead:
         p = e / e.sum(axis=1, keepdims=True)
         return p[:, 2] - p[:, 0]
 
-    def components(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(kNN score, classifier score or None) per row of the pooled input."""
+    def components(self, pooled: np.ndarray, options: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(kNN score, classifier score or None) per row of the pooled input (``options``: as ``vote``)."""
         pooled = np.asarray(pooled, dtype=np.float32)
         d = int(self.embeddings.shape[1])
-        knn = self.knn(self.embed(pooled[:, :d]))
+        knn = self.knn(self.embed(pooled[:, :d]), options)
         return knn, (None if self.clf_w is None else self.classifier(pooled[:, d : 2 * d]))
 
 
@@ -211,6 +239,12 @@ def attach_head(encoder: Path, out: Path, head: EmbeddingHead,
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     else:
         sims = op("MatMul", [emb, const("index_t", np.ascontiguousarray(head.embeddings.T, dtype=np.float32))], "sims")
+    if head.copy_penalty is not None:  # queries without A-D options: the copies sink below every other row
+        g.input.append(helper.make_tensor_value_info(OPTIONS_INPUT, TensorProto.FLOAT, ["batch_size"]))
+        free_form = op("Unsqueeze", [op("Sub", [const("one_f", np.float32(1.0)), OPTIONS_INPUT], "free_form_flat"),
+                                     axis_last], "free_form")
+        sims = op("Add", [sims, op("Mul", [free_form, const("copy_penalty", head.copy_penalty)], "hidden")],
+                  "sims_shown")
     n, k = len(head.labels), head.k
     ramped = k + 1 <= n
     top_k = const("top_k", np.array([k + 1 if ramped else k], np.int64))

@@ -33,7 +33,7 @@ from export.data import (
 )
 from export.served_model import (
     CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, FEATURE_NAMES, KNN_OUTPUT, MODEL_FILE, QUALITY_KEY, Calibration,
-    ClassifierRuntime, RuntimeSettings, SUPPORT_OUTPUT, prompt_features, variant_file,
+    ClassifierRuntime, RuntimeSettings, SUPPORT_OUTPUT, lists_options, prompt_features, variant_file,
 )
 from export.served_model import SOURCE as TEMPLATE  # copied into every version
 from export.train import TrainOptions
@@ -57,8 +57,9 @@ ENSEMBLE_EPOCHS = 1
 # 4 frozen: 0.739 / 0.762). A frozen trunk trains at twice the learning rate.
 ENSEMBLE_FREEZE = 3
 ENSEMBLE_LR = 1e-4
-# --augment: the kNN index also holds MMLU prompts' question-only copies, or the prompts alone.
-AUGMENTS = ("question-only", "none")
+# --augment: the kNN index also holds MMLU prompts' question-only copies, seen only by prompts that
+# list A-D options themselves (gated) or by every prompt, or the index holds the prompts alone.
+AUGMENTS = ("question-only-gated", "question-only", "none")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class ExportOptions:
     knn_ramp: float = 0.25
     knn_label: str = "gap"
     knn_center: str = "mean"  # mean: centre embeddings on the index mean before cosine similarity; none
-    augment: str = "question-only"
+    augment: str = "question-only-gated"
     precision: str = "int8"  # int8: + a dynamic-quantized copy, served on CPU; fp32: the fp32 model only
     encoder_layers: int = 0  # the base encoder's first N transformer layers; 0: all
     map_to_full: bool = False  # with encoder_layers: map its embeddings onto the full encoder's (ridge)
@@ -142,8 +143,10 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     p.add_argument("--knn-ramp", type=float, default=ExportOptions.knn_ramp,
                    help="neighbour weights ramp from 1 to 0 over this fraction of the top-(k+1) similarity range")
     p.add_argument("--augment", choices=AUGMENTS, default=ExportOptions.augment,
-                   help="question-only (default): the kNN index also holds each training prompt with MMLU's "
-                        "'A. … D. … Answer:' scaffolding stripped (for free-form traffic)")
+                   help="question-only-gated (default): the kNN index also holds each training prompt with "
+                        "MMLU's 'A. … D. … Answer:' scaffolding stripped, and only prompts that list A-D options "
+                        "themselves see those copies (chosen by cross-validation: docs/router-quality.md); "
+                        "question-only: every prompt sees them (versions 5 and older); none: the prompts alone")
     p.add_argument("--knn-label", choices=("gap", "binary"), default=ExportOptions.knn_label,
                    help="neighbour label: gap = (strong - weak + 1) / 2, binary = strong beats weak")
     p.add_argument("--knn-center", choices=("mean", "none"), default=ExportOptions.knn_center,
@@ -294,14 +297,17 @@ class ClassifierBranch:
     weight: np.ndarray  # [3, dim]
     bias: np.ndarray  # [3]
     val_pooled: np.ndarray  # [n_val, 2 * dim]: base | fine-tuned
+    val_options: np.ndarray  # [n_val]: lists_options of the validation prompts
 
 
 def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarray, opts: ExportOptions,
-                 branch: ClassifierBranch | None, targets: np.ndarray | None = None) -> tuple[Any, list[str]]:
+                 branch: ClassifierBranch | None, targets: np.ndarray | None = None,
+                 copies: np.ndarray | None = None) -> tuple[Any, list[str]]:
     """Append the head over the index embeddings ``emb`` (embedded by this precision's encoder, the
     served code path) to that precision's graph (export/onnx_head.py) and, for the ensemble, write
     both branches' rank references (head[.int8].npz). With ``targets`` (--map-to-full) the head maps
-    embeddings onto them first, fitted on ``emb``. Returns the numpy reference head (what the
+    embeddings onto them first, fitted on ``emb``; with ``copies`` (a flag per index row) only
+    prompts that list A-D options see the flagged rows. Returns the numpy reference head (what the
     parity check compares the graph with) and the files written."""
     from export.cv import MAP_L2
     from export.onnx_head import EmbeddingHead, attach_head, ridge_map
@@ -309,10 +315,10 @@ def _attach_head(stage: Path, precision: str, emb: np.ndarray, labels: np.ndarra
 
     head = EmbeddingHead(emb, labels, opts.knn_k, opts.knn_ramp, clf_w=branch.weight if branch else None,
                          clf_b=branch.bias if branch else None, center=opts.knn_center == "mean",
-                         projection=None if targets is None else ridge_map(emb, targets, MAP_L2))
+                         projection=None if targets is None else ridge_map(emb, targets, MAP_L2), copies=copies)
     files = []
     if branch is not None:
-        knn_ref, clf_ref = head.components(branch.val_pooled)
+        knn_ref, clf_ref = head.components(branch.val_pooled, branch.val_options)
         assert clf_ref is not None  # the head has the branch's weights
         name = variant_file(HEAD_FILE, precision)
         np.savez(stage / name, knn_ref=np.sort(knn_ref), clf_ref=np.sort(clf_ref))
@@ -343,7 +349,8 @@ def _fit_signals(job: ExportJob, precision: str, emb: np.ndarray) -> list[str]:
         data.target_emb, data.qonly_target_emb = job.map_targets[:n], np.zeros_like(emb[:n])
         data.qonly_target_emb[copies] = job.map_targets[n:]
     spec = cv.KnnSpec(k=opts.knn_k, ramp=opts.knn_ramp, center=opts.knn_center == "mean",
-                      augment=opts.augment == "question-only", map_l2=cv.MAP_L2 if job.map_targets is not None else None)
+                      augment=opts.augment != "none", gate=opts.augment == "question-only-gated",
+                      map_l2=cv.MAP_L2 if job.map_targets is not None else None)
     fitted = next(iter(job.blends.values()), None)  # one blend for every precision: fitted on the first (fp32)
     log(f">> [3/5] {precision}: " + ("out-of-fold votes for the calibration and the familiarity reference" if fitted
         else f"fitting the blend of the vote and the prompt features ({opts.blend_features}) on out-of-fold votes "
@@ -439,7 +446,7 @@ def load_job(opts: ExportOptions) -> ExportJob:
     log(f">> data: {len(train)} train ({', '.join(str(p.name) for p in (opts.train, *opts.extra_train))}) / "
         f"{len(val)} val prompts; weak={models.weak!r} strong={models.strong!r} (each extra file: its own pair); "
         f"strong needed on {train.labels.mean():.1%} of train, {val.labels.mean():.1%} of val")
-    if opts.augment == "question-only":
+    if opts.augment != "none":
         index_prompts, index_rows = with_question_only(train.prompts)
     else:
         index_prompts, index_rows = list(train.prompts), np.arange(len(train))
@@ -685,9 +692,12 @@ def attach_heads(job: ExportJob) -> None:
         assert job.torch_out is not None  # torch_reference ran first
         linear = job.clf_head[1]
         branch = ClassifierBranch(linear.weight.detach().numpy().astype(np.float64),
-                                  linear.bias.detach().numpy().astype(np.float64), job.torch_out)
+                                  linear.bias.detach().numpy().astype(np.float64), job.torch_out,
+                                  lists_options(job.val.prompts))
     if job.opts.map_to_full:
         job.map_targets = _full_encoder_embeddings(job)
+    # the question-only copies follow the prompts in the index
+    copies = np.arange(len(job.index_rows)) >= len(job.train) if job.opts.augment == "question-only-gated" else None
     for precision in job.precisions:
         log(f">> [3/5] {precision}: embedding {len(job.index_prompts)} training prompts ({len(job.train)} + "
             f"question-only copies: {job.opts.augment}) through the exported encoder (served code path), then "
@@ -697,7 +707,7 @@ def attach_heads(job: ExportJob) -> None:
         if job.blend:
             job.files.extend(_fit_signals(job, precision, emb))
         job.references[precision], written = _attach_head(job.stage, precision, emb, job.index_labels, job.opts,
-                                                          branch, job.map_targets)
+                                                          branch, job.map_targets, copies)
         job.files.extend(written)
 
 

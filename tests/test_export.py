@@ -94,7 +94,7 @@ def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     assert meta["task"] == "feature-extraction" and meta["head"]["type"] == "embedding"
     assert meta["head"]["knn_weight"] == 0.5 and meta["head"]["classifier"]["objective"] == "ce3"
     n_index = meta["head"]["n_index"]  # 256 prompts + their question-only copies
-    assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only" and meta["head"]["center"] == "mean"
+    assert 256 < n_index <= 512 and meta["head"]["augment"] == "question-only-gated" and meta["head"]["center"] == "mean"
     for name in ("head.npz", "head.int8.npz"):  # per precision: each branch's scores of the 128 val prompts, sorted
         with np.load(version / name) as head:
             assert set(head.files) == {"knn_ref", "clf_ref"}
@@ -297,7 +297,8 @@ def test_blend_head_is_the_default(exported: SimpleNamespace, tmp_path: Path) ->
     confidence; the recipe's cross-validated figures are recorded. The encoder is cut to 5 layers
     and its embeddings are mapped onto the full encoder's before the vote."""
     from export.onnx_head import EmbeddingHead
-    from export.served_model import FEATURE_NAMES, ClassifierRuntime, LogisticBlend, RuntimeSettings, prompt_features
+    from export.served_model import (FEATURE_NAMES, ClassifierRuntime, LogisticBlend, RuntimeSettings, lists_options,
+                                     prompt_features)
 
     proc = run_module("export", "--data-dir", str(exported.data), "--model-repository", str(exported.repo),
                       "--limit-train", "256", "--limit-val", "128", "--max-length", "64")
@@ -340,10 +341,17 @@ def test_blend_head_is_the_default(exported: SimpleNamespace, tmp_path: Path) ->
     # The graph's vote and support equal the numpy head's over the graph's own index.
     model = onnx.load(str(version / "model.onnx"))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith("head/")}
-    head = EmbeddingHead(weights["head/index_t"].T, weights["head/labels"], meta["head"]["k"], meta["head"]["ramp"])
+    # The question-only copies (the index rows after the prompts) vote only for prompts that list
+    # A-D options (the 4 training prompts here), not for the 2 free-form ones.
+    copies = weights["head/copy_penalty"] < 0
+    assert meta["head"]["augment"] == "question-only-gated" and 0 < copies.sum() and not copies[:n_train].any()
+    head = EmbeddingHead(weights["head/index_t"].T, weights["head/labels"], meta["head"]["k"], meta["head"]["ramp"],
+                         copies=copies)
     pooled = runtime.run(prompts, ["pooled"])[0]
     mapped = pooled @ weights["head/map_w"] + weights["head/map_b"]
-    vote, support = head.vote(head.embed(mapped - weights["head/center"]))
+    options = lists_options(prompts)
+    assert options.tolist() == [1, 1, 1, 1, 0, 0]
+    vote, support = head.vote(head.embed(mapped - weights["head/center"]), options)
     graph_vote, graph_support = runtime.run(prompts, ["knn_score", "knn_support"])
     np.testing.assert_allclose(graph_vote, vote, atol=1e-5)
     np.testing.assert_allclose(graph_support, support, atol=1e-5)

@@ -18,7 +18,7 @@ from export import metrics
 from export.metrics import spearman
 from export import cv
 from export.onnx_head import INDEX_CODE_MAX, EmbeddingHead, attach_head, quantize_rows, ridge_map
-from export.served_model import RankBlend, prompt_features, rank_in, rank_table
+from export.served_model import RankBlend, lists_options, prompt_features, rank_in, rank_table
 
 
 def test_rank_in_interpolates_between_reference_ranks() -> None:
@@ -247,6 +247,51 @@ def test_attached_knn_head_alone_and_a_missing_branch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hidden states"):
         attach_head(tmp_path / "enc.onnx", tmp_path / "x.onnx",
                     EmbeddingHead(emb, labels, k=1, clf_w=np.eye(4)[:3], clf_b=np.zeros(3)))
+
+
+def test_lists_options_marks_prompts_with_a_to_d_option_lines() -> None:
+    mmlu = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    assert lists_options([mmlu, "Pick one:\nA) red\nB) blue", "A. Smith wrote this.\nIs he right?",
+                          "Write a haiku about the sea.", ""]).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("int8_index", [False, True])
+def test_question_only_copies_are_seen_only_by_prompts_that_list_options(tmp_path: Path, int8_index: bool) -> None:
+    """An index row flagged as a copy votes for a query that lists A-D options and drops out for
+    any other query: in the graph (fp32 and int8 index) as in the numpy head."""
+    rng = np.random.default_rng(11)
+    vocab, dim = 12, 6
+    table = rng.normal(size=(vocab, dim)).astype(np.float32)
+    _token_encoder(tmp_path / "enc.onnx", {"last_hidden_state": table})
+    # every token's vector twice: as a prompt (label 0) and as its copy (label 1)
+    index, labels = np.vstack([table, table]), np.r_[np.zeros(vocab), np.ones(vocab)].astype(np.float32)
+    copies = np.r_[np.zeros(vocab, bool), np.ones(vocab, bool)]
+    head = EmbeddingHead(index, labels, k=3, center=True, copies=copies)
+    attach_head(tmp_path / "enc.onnx", tmp_path / "model.onnx", head, int8_index=int8_index)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    assert "lists_options" in {i.name for i in session.get_inputs()}
+    ids = np.arange(vocab, dtype=np.int64)[:, None]  # one token each: the prompt is that token's vector
+    options = (np.arange(vocab) % 2).astype(np.float32)
+    vote, support = session.run(["knn_score", "knn_support"],
+                                {"input_ids": ids, "attention_mask": np.ones_like(ids), "lists_options": options})
+    reference = copy.copy(head)
+    if int8_index:  # the graph's index rows, dequantized
+        codes, scales = quantize_rows(head.embeddings)
+        reference.embeddings = codes.astype(np.float32) * scales[:, None]
+    want_vote, want_support = reference.vote(head.embed(table), options)
+    np.testing.assert_allclose(vote, want_vote, atol=0.01 if int8_index else 1e-5)
+    np.testing.assert_allclose(support, want_support, atol=0.005 if int8_index else 1e-5)  # + the query's rounding
+    free, listed = options == 0, options == 1
+    assert np.all(vote[free] == 0.0)  # only the prompts (label 0) vote
+    assert np.all(vote[listed] > 0.2)  # each query's own copy (label 1) is among its nearest
+    np.testing.assert_allclose(want_vote[free], EmbeddingHead(table, labels[:vocab], k=3, center=True,
+                                                              ).vote(head.embed(table[free]))[0], atol=1e-6)
+    with pytest.raises(ValueError, match="options"):
+        head.vote(head.embed(table))
+    # k + 1 stays within the rows every query sees
+    assert EmbeddingHead(index, labels, k=vocab, copies=copies).k == vocab - 1
+    with pytest.raises(ValueError, match="at least 2 other rows"):
+        EmbeddingHead(index[vocab - 1 :], labels[vocab - 1 :], k=1, copies=copies[vocab - 1 :])
 
 
 def test_ridge_map_recovers_a_linear_map() -> None:
@@ -498,6 +543,24 @@ def test_every_cv_candidate_scores_a_row_from_the_training_rows_alone() -> None:
     for name, fit in cv.candidates(cv.KnnSpec(k=10)).items():
         together = fit(train, cv.concat([a, b], "both"))
         np.testing.assert_allclose(together, np.r_[fit(train, a), fit(train, b)], err_msg=name)
+
+
+def test_rewritten_rows_are_scored_as_reworded_and_trained_on_as_they_are() -> None:
+    """`make cv --rewrites`: each fold's held-out rows are scored as the rewrite words them; the
+    rows a fold trains on stay as they are."""
+    rng = np.random.default_rng(5)
+    data = _routing_rows(rng, 60)
+    reworded = dataclasses.replace(data, emb=rng.normal(size=data.emb.shape).astype(np.float32))
+    trained_on: list[np.ndarray] = []
+
+    def fit(train: cv.RoutingData, test: cv.RoutingData) -> np.ndarray:
+        trained_on.append(train.emb)
+        return test.emb[:, 0].astype(np.float64)
+
+    folds = cv.random_folds(60)
+    np.testing.assert_allclose(cv.oof(data, folds, fit, reworded), reworded.emb[:, 0])
+    for f, emb in enumerate(trained_on):
+        np.testing.assert_array_equal(emb, data.emb[folds != f])
 
 
 def test_held_out_sources_are_voted_on_as_their_own_view() -> None:

@@ -91,6 +91,8 @@ CALIBRATION_OUTPUTS = ("calibration", "calibration_shares", "calibration_quality
 QUALITY_KEY = "quality_at_calibration_shares"  # metadata.json validation: the quality/cost curve
 # outputs of an embedding head attached to the encoder graph (export/onnx_head.py)
 KNN_OUTPUT, CLF_OUTPUT, POOLED_OUTPUT, SUPPORT_OUTPUT = "knn_score", "clf_score", "pooled", "knn_support"
+# ... and its input beside the tokens, in graphs whose index holds question-only copies (``lists_options``)
+OPTIONS_INPUT = "lists_options"
 
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -149,6 +151,17 @@ def prompt_features(texts: Sequence[str], names: Collection[str] = FEATURE_NAMES
             f = _FEATURE_FUNCTIONS[name]
             out[:, j] = [f(text) for text in texts]
     return out
+
+
+# MMLU-style A-D options: lines that start "A." or "A)" ... "D." (the `choices` feature's pattern).
+_OPTION_LINE = _FEATURE_PATTERNS["choices"]
+
+
+def lists_options(texts: Sequence[str]) -> np.ndarray:
+    """float32 [n]: 1 where a prompt lists A-D options (lines starting with two or more distinct
+    option letters), else 0. The graph input of a head whose index holds question-only copies
+    (``OPTIONS_INPUT``): only prompts that list options see those copies."""
+    return np.asarray([len({m.group(0)[0] for m in _OPTION_LINE.finditer(t)}) >= 2 for t in texts], np.float32)
 
 
 def variant_file(name: str, precision: str) -> str:
@@ -298,13 +311,16 @@ class ClassifierRuntime:
         return ["CPUExecutionProvider"]
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Model inputs for ``texts``: int64 [batch, longest prompt in the batch (<= max_length)]."""
+        """Model inputs for ``texts``: int64 [batch, longest prompt in the batch (<= max_length)], and
+        for a head with gated question-only copies ``OPTIONS_INPUT`` (float32 [batch])."""
         encodings = self.tokenizer.encode_batch(list(texts))
         feeds = {
             "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
         }
+        if OPTIONS_INPUT in self.input_names:
+            feeds[OPTIONS_INPUT] = lists_options(texts)
         return {name: value for name, value in feeds.items() if name in self.input_names}
 
     def run(self, texts: Sequence[str], names: Sequence[str]) -> list[np.ndarray]:
