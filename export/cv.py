@@ -289,14 +289,17 @@ def concat(parts: list[RoutingData], name: str) -> RoutingData:
 Fit = Callable[[RoutingData, RoutingData], np.ndarray]
 
 
-def oof(data: RoutingData, folds: np.ndarray, fit: Fit, scored: RoutingData | None = None) -> np.ndarray:
+def oof(data: RoutingData, folds: np.ndarray, fit: Fit, scored: RoutingData | None = None,
+        also: RoutingData | None = None) -> np.ndarray:
     """Every row scored by ``fit`` trained on the other folds' rows (nested: a blend's own
     out-of-fold votes come from inside the training folds only); with ``scored`` (the same rows
-    rewritten: ``rewrite_views``) the held-out rows are scored as ``scored`` has them."""
+    rewritten: ``rewrite_views``) the held-out rows are scored as ``scored`` has them; ``also``:
+    rows every fold trains on besides."""
     out = np.zeros(len(data.prompts))
     for f in np.unique(folds):
         test = np.where(folds == f)[0]
-        out[test] = fit(data.subset(np.where(folds != f)[0]), (scored or data).subset(test))
+        train = data.subset(np.where(folds != f)[0])
+        out[test] = fit(train if also is None else concat([train, also], train.name), (scored or data).subset(test))
     return out
 
 
@@ -304,8 +307,9 @@ def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int =
                   max_length: int = MAX_LENGTH) -> dict[str, RoutingData]:
     """``data``'s rows as free-form traffic would word them, labels kept (``make eval
     EVAL_ARGS=--rewrite R`` on a validation file): the question alone (MMLU's A-D options
-    stripped) and a chat request around it (``chat_rewrite``, keyed by the row's id)."""
-    views = {}
+    stripped) and a chat request around it (``chat_rewrite``, keyed by the row's id); ``as-is``:
+    the rows unchanged."""
+    views = {"as-is": data}
     for name, prompts in (("question-only", [strip_choices(p) for p in data.prompts]),
                           ("chat", [chat_rewrite(p, i) for p, i in zip(data.prompts, ids)])):
         views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
@@ -531,8 +535,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(--no-static-oof-blend: in sample, several times quicker)")
     p.add_argument("--rewrites", action="store_true",
                    help="also score the random MMLU folds with the held-out prompts reworded as free-form traffic "
-                        "(question-only: the A-D options stripped; chat: a chat request around the question), "
-                        "labels kept: the training-data twin of `make eval EVAL_ARGS=--rewrite R`")
+                        "(question-only: the A-D options stripped; chat: a chat request around the question; as-is: "
+                        "unchanged), labels kept, every fold's index also holding the LLMRouter rows as served: the "
+                        "training-data twin of `make eval EVAL_ARGS=--rewrite R`")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))
     p.add_argument("--confidence", action="store_true",
                    help="instead of the candidates: what the confidence (familiarity) flags, per set")
@@ -603,8 +608,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f">> {name}: {step} ({time.monotonic() - t:.0f}s)", flush=True)
 
         row: dict[str, Any] = {"cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu)}
-        for rewrite, view in views.items():  # the same folds, the held-out prompts reworded
-            row[f"cv_random_mmlu_{rewrite}"] = report(oof(mmlu, random_folds(len(mmlu.prompts)), fit, view), mmlu)
+        # The same folds, the held-out prompts reworded, each fold's index also holding every
+        # LLMRouter row (as the served index does: reworded, a prompt may find those nearer).
+        for rewrite, view in views.items():
+            row[f"cv_rewrite_{rewrite}"] = report(oof(mmlu, random_folds(len(mmlu.prompts)), fit, view, lr), mmlu)
         done("random folds")
         row["cv_subject_mmlu"] = report(oof(mmlu, subjects, fit), mmlu, folds=subjects)
         done("held-out subject folds")
@@ -624,8 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: row}), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1) + "\n")
-    cols = ["cv_random_mmlu", *(f"cv_random_mmlu_{r}" for r in views), "cv_subject_mmlu", "cv_source_mmlu",
-            "cv_source_llmrouter", "val_mmlu-val", "val_llmrouter-val", "val_zeroeval-ood"]
+    cols = ["cv_random_mmlu", "cv_subject_mmlu", "cv_source_mmlu", "cv_source_llmrouter",
+            *(f"cv_rewrite_{r}" for r in views), "val_mmlu-val", "val_llmrouter-val", "val_zeroeval-ood"]
     print("\nGrouped columns: the APGR pooled within each fold (one model's scores), then pooled across folds in "
           "[brackets]; (per task) for LLMRouter.")
     print("| candidate | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")

@@ -561,6 +561,11 @@ def test_rewritten_rows_are_scored_as_reworded_and_trained_on_as_they_are() -> N
     np.testing.assert_allclose(cv.oof(data, folds, fit, reworded), reworded.emb[:, 0])
     for f, emb in enumerate(trained_on):
         np.testing.assert_array_equal(emb, data.emb[folds != f])
+    # `also`: rows every fold trains on besides its own (the LLMRouter rows of the served index)
+    extra, trained_on[:] = _routing_rows(rng, 7), []
+    np.testing.assert_allclose(cv.oof(data, folds, fit, reworded, also=extra), reworded.emb[:, 0])
+    for f, emb in enumerate(trained_on):
+        np.testing.assert_array_equal(emb, np.concatenate([data.emb[folds != f], extra.emb]))
 
 
 def test_held_out_sources_are_voted_on_as_their_own_view() -> None:

@@ -28,7 +28,10 @@ Scoring (``metadata.json`` ``head``): the ONNX model is either a text classifier
 score is the softmax of the positive class) or, with ``head.type == "embedding"``, a sentence
 encoder with its head appended to the graph (export/onnx_head.py): mean pooling, then a
 nearest-neighbour vote over the training prompts' embeddings (centred on their mean unless exported
-with ``--knn-center none``, L2-normalised; soft labels), output ``knn_score``. The ensemble export
+with ``--knn-center none``, L2-normalised; soft labels), output ``knn_score``. An index that holds
+MMLU's question-only copies (``--augment question-only-gated``, the default) takes one more graph
+input, ``lists_options`` (computed here from the text): the copies vote only for prompts that list
+A-D options themselves. The ensemble export
 has a second encoder branch in the same graph, a fine-tuned copy sharing the frozen lower layers,
 whose pooled embedding feeds a 3-class linear head (output ``clf_score``); here the two scores are
 blended by rank (``RankBlend``, references in ``head.npz``).
