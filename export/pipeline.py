@@ -146,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
                    help="question-only-gated (default): the kNN index also holds each training prompt with "
                         "MMLU's 'A. … D. … Answer:' scaffolding stripped, and only prompts that list A-D options "
                         "themselves see those copies (chosen by cross-validation: docs/router-quality.md); "
-                        "question-only: every prompt sees them (versions 5 and older); none: the prompts alone")
+                        "question-only: every prompt sees them (the default before the gate); none: the prompts alone")
     p.add_argument("--knn-label", choices=("gap", "binary"), default=ExportOptions.knn_label,
                    help="neighbour label: gap = (strong - weak + 1) / 2, binary = strong beats weak")
     p.add_argument("--knn-center", choices=("mean", "none"), default=ExportOptions.knn_center,
