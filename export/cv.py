@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export import metrics
-from export.data import DEFAULT_DATA_DIR, chat_rewrite, load_models, load_routing_set, strip_choices
+from export.data import DEFAULT_DATA_DIR, load_models, load_routing_set, rewrite, strip_choices
 from export.onnx_head import EmbeddingHead, ridge_map
 from export.served_model import FEATURE_NAMES, LogisticBlend, lists_options, prompt_features
 
@@ -95,8 +95,8 @@ class RoutingData:
                 np.concatenate([self.gap, self.gap[self.qonly_mask]]))
 
     def index_copies(self, augment: bool = True) -> np.ndarray:
-        """Per row of ``index``: whether it is a question-only copy."""
-        return np.arange(len(self.index(augment)[1])) >= len(self.prompts)
+        """Per row of ``index``: whether it is a question-only copy (they follow the rows)."""
+        return np.r_[np.zeros(len(self.prompts), bool), np.ones(int(self.qonly_mask.sum()) if augment else 0, bool)]
 
     def index_targets(self, augment: bool = True) -> np.ndarray:
         """``target_emb`` in the order of ``index``."""
@@ -307,11 +307,11 @@ def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int =
                   max_length: int = MAX_LENGTH) -> dict[str, RoutingData]:
     """``data``'s rows as free-form traffic would word them, labels kept (``make eval
     EVAL_ARGS=--rewrite R`` on a validation file): the question alone (MMLU's A-D options
-    stripped) and a chat request around it (``chat_rewrite``, keyed by the row's id); ``as-is``:
-    the rows unchanged."""
+    stripped) and a chat request around it (``export.data.rewrite``, keyed by the row's id);
+    ``as-is``: the rows unchanged."""
     views = {"as-is": data}
-    for name, prompts in (("question-only", [strip_choices(p) for p in data.prompts]),
-                          ("chat", [chat_rewrite(p, i) for p, i in zip(data.prompts, ids)])):
+    for name in ("question-only", "chat"):
+        prompts = rewrite(data.prompts, ids, name)
         views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
                               features=prompt_features(prompts), options=lists_options(prompts),
                               target_emb=None, qonly_target_emb=None, fold_view=None)

@@ -142,6 +142,23 @@ CHAT_TEMPLATES = (
 )
 
 
+# The generalization checks: prompts reworded as free-form traffic would send them (`rewrite`).
+REWRITES = ("none", "question-only", "chat")
+
+
+def rewrite(prompts: list[str], ids: list[str], how: str) -> list[str]:
+    """``prompts`` reworded (their labels stay theirs): ``question-only`` strips MMLU's A-D options
+    (``strip_choices``), ``chat`` wraps the question in a chat request (``chat_rewrite``, keyed by
+    the prompt's id), ``none`` keeps them."""
+    if how == "question-only":
+        return [strip_choices(p) for p in prompts]
+    if how == "chat":
+        return [chat_rewrite(p, i) for p, i in zip(prompts, ids)]
+    if how != "none":
+        raise ValueError(f"rewrite: one of {REWRITES}, not {how!r}")
+    return list(prompts)
+
+
 def split_choices(prompt: str) -> tuple[str, list[str]]:
     """(question, [option texts]) of an MMLU-style prompt; (prompt, []) without the scaffolding."""
     question = strip_choices(prompt)

@@ -20,10 +20,9 @@ import numpy as np
 
 from export import metrics, repository
 from export.served_model import load_module
-from export.data import MODELS_FILE, chat_rewrite, load_models, load_routing_set, models_file_for, strip_choices
+from export.data import MODELS_FILE, REWRITES, load_models, load_routing_set, models_file_for, rewrite
 
 BATCH = 64
-REWRITES = ("none", "question-only", "chat")
 
 
 @dataclass(frozen=True)
@@ -118,10 +117,7 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     models = load_models(opts.models_json or models_file_for(opts.data, opts.data.parent / MODELS_FILE))
     data = load_routing_set(opts.data, models)
     ids, prompts = data.ids, data.prompts  # only the prompt goes to the model
-    if opts.rewrite == "question-only":
-        prompts = [strip_choices(p) for p in prompts]
-    elif opts.rewrite == "chat":
-        prompts = [chat_rewrite(p, i) for p, i in zip(prompts, ids)]
+    prompts = rewrite(prompts, ids, opts.rewrite)
     print(f">> scoring {len(prompts)} prompts of {opts.data} with {version_dir}", flush=True)
     runtime = load_runtime(version_dir, opts.threads)
     started = time.monotonic()
