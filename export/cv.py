@@ -55,9 +55,6 @@ class RoutingData:
     qonly_emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), np.float32))
     qonly_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), np.float32))
-    # 1 where the prompt lists A-D options (``lists_options``; computed when not given): as a
-    # query, it sees the question-only copies
-    options: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     # With --map-to-full: the full encoder's embeddings of the same rows, what a shallower encoder's
     # `emb` is mapped onto (fitted on the training rows of every fit, never on the rows it scores).
     target_emb: np.ndarray | None = None
@@ -66,10 +63,16 @@ class RoutingData:
     # (one distillation per fold), what out-of-fold votes on them read, as a new prompt (or a new
     # task's) is embedded; computed only when asked. None: the embeddings do not depend on the rows.
     fold_view: "Callable[[np.ndarray], RoutingData] | None" = None
+    _options: tuple[list[str], np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if len(self.options) != len(self.prompts):
-            self.options = lists_options(self.prompts)
+    @property
+    def options(self) -> np.ndarray:
+        """1 where the prompt lists A-D options (``lists_options``): as a query, it sees the
+        question-only copies. Derived from ``prompts`` and recomputed when they are replaced (by
+        assignment or ``dataclasses.replace``), so that it never describes other prompts."""
+        if self._options is None or self._options[0] is not self.prompts:
+            self._options = (self.prompts, lists_options(self.prompts))
+        return self._options[1]
 
     def held_out(self, folds: np.ndarray) -> "RoutingData":
         """These rows as out-of-fold votes over ``folds`` should read them (see ``fold_view``)."""
@@ -83,7 +86,7 @@ class RoutingData:
     def subset(self, rows: np.ndarray) -> "RoutingData":
         return RoutingData(self.name, [self.prompts[i] for i in rows], [self.sources[i] for i in rows],
                            self.weak[rows], self.strong[rows], self.emb[rows], self.qonly_emb[rows],
-                           self.qonly_mask[rows], self.features[rows], self.options[rows],
+                           self.qonly_mask[rows], self.features[rows],
                            None if self.target_emb is None else self.target_emb[rows],
                            None if self.qonly_target_emb is None else self.qonly_target_emb[rows])
 
@@ -278,7 +281,7 @@ def group_folds(groups: list[str], seed: int = 0) -> np.ndarray:
 
 
 def concat(parts: list[RoutingData], name: str) -> RoutingData:
-    fields = ["weak", "strong", "emb", "qonly_emb", "qonly_mask", "features", "options"]
+    fields = ["weak", "strong", "emb", "qonly_emb", "qonly_mask", "features"]
     if all(p.target_emb is not None for p in parts):
         fields += ["target_emb", "qonly_target_emb"]
     return RoutingData(name, sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
@@ -313,7 +316,7 @@ def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int =
     for name in ("question-only", "chat"):
         prompts = rewrite(data.prompts, ids, name)
         views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
-                              features=prompt_features(prompts), options=lists_options(prompts),
+                              features=prompt_features(prompts),
                               target_emb=None, qonly_target_emb=None, fold_view=None)
     return views
 

@@ -255,6 +255,22 @@ def test_lists_options_marks_prompts_with_a_to_d_option_lines() -> None:
                           "Write a haiku about the sea.", ""]).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
+def test_cv_rows_flag_options_of_the_prompts_they_hold() -> None:
+    """The CV's query flag follows the prompts: through subsets and concatenations, and when the
+    prompts are replaced (assigned, or rewritten with ``dataclasses.replace``)."""
+    mmlu = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    rng = np.random.default_rng(3)
+    data = _routing_rows(rng, 4)
+    data.prompts = [mmlu, "Name a prime.", mmlu, "Why is the sky blue?"]
+    assert data.options.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert data.subset(np.array([2, 1])).options.tolist() == [1.0, 0.0]
+    assert cv.concat([data, data.subset(np.array([3]))], "both").options.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    rewritten = dataclasses.replace(data, prompts=["Which is a prime?"] * 4)
+    assert rewritten.options.tolist() == [0.0] * 4 and data.options.tolist() == [1.0, 0.0, 1.0, 0.0]
+    data.prompts = [mmlu] * 4
+    assert data.options.tolist() == [1.0] * 4
+
+
 @pytest.mark.parametrize("int8_index", [False, True])
 def test_question_only_copies_are_seen_only_by_prompts_that_list_options(tmp_path: Path, int8_index: bool) -> None:
     """An index row flagged as a copy votes for a query that lists A-D options and drops out for
@@ -321,7 +337,7 @@ def test_map_is_fitted_on_the_training_rows_alone() -> None:
     vote = cv.knn_fit_score(train, test, spec)[0]
     test.target_emb = rng.normal(size=test.target_emb.shape).astype(np.float32)
     np.testing.assert_array_equal(cv.knn_fit_score(train, test, spec)[0], vote)
-    other = cv.RoutingData(**{**train.__dict__, "target_emb": rng.normal(size=train.target_emb.shape).astype(np.float32)})
+    other = dataclasses.replace(train, target_emb=rng.normal(size=train.target_emb.shape).astype(np.float32))
     assert not np.array_equal(cv.knn_fit_score(other, test, spec)[0], vote)
     assert not np.array_equal(cv.knn_fit_score(train, test, plain)[0], vote)
     np.testing.assert_allclose(cv.knn_head(train, spec).projection[0], ridge_map(train.emb, train.target_emb, 1.0)[0])
