@@ -15,7 +15,8 @@
   7. concurrency: --streams streams of --stream-seconds held open on a slow upstream through one
      router process, short requests answered meanwhile, the router's memory.
 Ratios against LiteLLM are printed with the figures (this machine is noisy; ratios travel better).
-Prints a table and writes JSON (default .eval/bench.json)."""
+Prints a table, then which of the README's aims the run met (bench/aims.py), and writes JSON
+(default .eval/bench.json)."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ from local_stack.processes import wait_until_ready
 from local_stack.stack import start_router, stop_process, wait_ready
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
+from . import aims
 from .concurrency import hold_streams
 from .instant_upstream import InstantUpstream
 from .litellm_peer import LiteLLMProxy
@@ -263,10 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_process(router)
 
+    reached = aims.check(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps({**results, "aims": reached}, indent=2))
     width = max(len(k) for k in results)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in results.items()))
+    print(">> the aims (README, Benchmarks), in this run on this machine:")
+    print(aims.report(reached))
     print(f"(written to {args.out})")
     return 0
 
