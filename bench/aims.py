@@ -14,7 +14,7 @@ class Aim:
     target: float
     below: bool  # latency: the figure must stay below the target; else reach at least it
     unit: str
-    missing: str  # why a run may lack the figure
+    missing: str  # what a run needs to measure it (a step or a flag)
 
     def check(self, results: dict[str, Any]) -> dict[str, Any]:
         value = results.get(self.key)
