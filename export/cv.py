@@ -613,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"cv_random_mmlu": report(oof(mmlu, random_folds(len(mmlu.prompts)), fit), mmlu)}
         # The same folds, the held-out prompts reworded, each fold's index also holding every
         # LLMRouter row (as the served index does: reworded, a prompt may find those nearer).
-        for rewrite, view in views.items():
-            row[f"cv_rewrite_{rewrite}"] = report(oof(mmlu, random_folds(len(mmlu.prompts)), fit, view, lr), mmlu)
+        for wording, view in views.items():
+            row[f"cv_rewrite_{wording}"] = report(oof(mmlu, random_folds(len(mmlu.prompts)), fit, view, lr), mmlu)
         done("random folds")
         row["cv_subject_mmlu"] = report(oof(mmlu, subjects, fit), mmlu, folds=subjects)
         done("held-out subject folds")
