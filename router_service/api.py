@@ -198,6 +198,8 @@ def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
             m.degraded.labels(policy).inc()
         if decision.low_confidence:
             m.low_confidence.labels(policy).inc()
+        if decision.confidence is not None:
+            m.confidence.labels(policy).observe(decision.confidence)
         if decision.model_version is not None:
             m.set_model_version(decision.model_version)
             if decision.policy is not None:

@@ -20,6 +20,10 @@ from .config_base import PolicySettings
 # aims (manual < 1 ms / < 3 ms, automatic < 8 ms / < 20 ms), so that quantiles read true there.
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
            5.0, 10.0, 30.0, 60.0, 120.0)
+# The classifier's confidence (x-router-confidence) is a percentile among unseen in-domain
+# prompts, so in-domain traffic puts a few percent below 0.05; far more is traffic unlike the
+# training data (a policy's `low_confidence.below` defaults to 0.05 too).
+CONFIDENCE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -63,6 +67,10 @@ class RouterMetrics:
                                 ["policy"], registry=r)
         self.low_confidence = Counter("router_low_confidence_decisions", "Decisions a policy's low_confidence "
                                       "action made", ["policy"], registry=r)
+        self.confidence = Histogram("router_classifier_confidence", "How familiar classified prompts are to the "
+                                    "classifier (x-router-confidence): in-domain traffic puts a few percent below "
+                                    "0.05, traffic unlike its training data far more", ["policy"],
+                                    buckets=CONFIDENCE_BUCKETS, registry=r)
         self.store_errors = Counter("router_store_errors", "Failed calls to the shared store (keys, limits, spend)",
                                     ["operation"], registry=r)
         self.refusals = Counter("router_access_refusals", "Requests refused by key checks, limits or budgets",
@@ -124,6 +132,7 @@ class RouterMetrics:
             self.baseline.labels(p.name)
             self.degraded.labels(p.name)
             self.low_confidence.labels(p.name)
+            self.confidence.labels(p.name)
             for target in p.targets:
                 self.cost.labels(p.name, target)
             if p.shadow is not None and p.shadow.share > 0:

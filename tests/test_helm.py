@@ -585,7 +585,8 @@ def test_dashboard_and_alert_rules(helm: str) -> None:
     """Off by default; when on, the dashboard ConfigMap carries the sidecar's label and the chart's
     JSON, and the rules take their settings from values (their PromQL: test_observability.py)."""
     assert not [d for d in render() if d["kind"] in ("PrometheusRule",) or d["metadata"]["name"].endswith("-dashboard")]
-    docs = render(CHART / "examples" / "scaled-out.yaml", "--set", "metrics.prometheusRule.circuitOpen.for=7m")
+    docs = render(CHART / "examples" / "scaled-out.yaml", "--set", "metrics.prometheusRule.circuitOpen.for=7m",
+                  "--set-json", "metrics.prometheusRule.unfamiliarTraffic.share=0.4")
     dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "LLM router"}
@@ -596,6 +597,8 @@ def test_dashboard_and_alert_rules(helm: str) -> None:
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert rules["LLMRouterCircuitOpen"]["for"] == "7m"
     assert "> 0.15" in rules["LLMRouterStrongShareDrift"]["expr"]
+    assert rules["LLMRouterUnfamiliarTraffic"]["expr"].endswith("> 0.4")
+    assert "[1h]" in rules["LLMRouterUnfamiliarTraffic"]["expr"] and rules["LLMRouterUnfamiliarTraffic"]["for"] == "30m"
 
 
 def test_ingress(helm: str) -> None:
@@ -628,6 +631,7 @@ BAD_VALUES = {
     "bad-worker-class": {"router": {"gunicorn": {"workerClass": "eventlet"}}},
     "bad-quantity": {"triton": {"shmSizeLimit": "lots"}},
     "bad-alert-threshold": {"metrics": {"prometheusRule": {"enabled": True, "errorRate": {"threshold": 5}}}},
+    "bad-unfamiliar-share": {"metrics": {"prometheusRule": {"unfamiliarTraffic": {"share": 0}}}},
 }
 
 
