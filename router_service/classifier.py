@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+# Below this confidence a prompt counts as unfamiliar in the stats and metrics: the confidence is a
+# percentile among unseen in-domain prompts, so in-domain traffic puts a few percent there.
+UNFAMILIAR_BELOW = 0.05
+
+
 class ClassifierUnavailable(RuntimeError):
     """The classifier could not answer (server down, model not loaded, timeout)."""
 

@@ -7,6 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .classifier import UNFAMILIAR_BELOW
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must not silently fall back to a default)."""
@@ -31,7 +33,7 @@ class LowConfidence(StrictModel):
     ``prior`` sends ``prior_share`` of such prompts to the strongest (picked by a hash of the
     text: the same prompt always goes the same way)."""
 
-    below: float = Field(0.05, ge=0.0, le=1.0)
+    below: float = Field(UNFAMILIAR_BELOW, ge=0.0, le=1.0)
     action: Literal["score", "strong", "weak", "prior"] = "strong"
     prior_share: float = Field(0.5, ge=0.0, le=1.0)
 

@@ -14,16 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .classifier import UNFAMILIAR_BELOW
 from .config_base import PolicySettings
 
 # From sub-millisecond routing overhead to long streamed generations; finer around the overhead
 # aims (manual < 1 ms / < 3 ms, automatic < 8 ms / < 20 ms), so that quantiles read true there.
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
            5.0, 10.0, 30.0, 60.0, 120.0)
-# The classifier's confidence (x-router-confidence) is a percentile among unseen in-domain
-# prompts, so in-domain traffic puts a few percent below 0.05; far more is traffic unlike the
-# training data (a policy's `low_confidence.below` defaults to 0.05 too).
-CONFIDENCE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+# The classifier's confidence (x-router-confidence): a bucket edge at UNFAMILIAR_BELOW, where
+# the chart's dashboard and alert count unfamiliar prompts.
+CONFIDENCE_BUCKETS = (0.01, UNFAMILIAR_BELOW, 0.1, 0.25, 0.5, 0.75, 1.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -101,5 +101,5 @@ class SharedStats:
             "total": totals(groups.get("total", {})), "by_target": dict(sorted(by["target"].items())),
             "by_policy": dict(sorted(by["policy"].items())),
             **{k: int(counters.get(k, 0)) for k in ("fallbacks", "degraded", "classified_with_confidence",
-                                                     "low_confidence")},
+                                                     "low_confidence", "unfamiliar")},
             "scope": "all router processes sharing the store"})

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from .classifier import UNFAMILIAR_BELOW
 from .generation import Usage
 
 
@@ -67,6 +68,7 @@ class Stats:
         self._degraded = 0
         self._classified = 0  # answers whose classifier gave a confidence
         self._low_confidence = 0  # of those, the ones a policy's low_confidence action routed
+        self._unfamiliar = 0  # of those, the ones below UNFAMILIAR_BELOW, whatever the policy did
 
     def record(self, target: str, policy: str | None, usage: Usage, cost_usd: float,
                baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False,
@@ -87,6 +89,7 @@ class Stats:
             self._degraded += int(degraded)
             self._classified += int(confidence is not None)
             self._low_confidence += int(low_confidence)
+            self._unfamiliar += int(confidence is not None and confidence < UNFAMILIAR_BELOW)
 
     def record_error(self, target: str | None) -> None:
         with self._lock:
@@ -102,8 +105,9 @@ class Stats:
             drained._by_target, drained._by_policy, drained._total = self._by_target, self._by_policy, self._total
             drained._fallbacks, drained._degraded = self._fallbacks, self._degraded
             drained._classified, drained._low_confidence = self._classified, self._low_confidence
+            drained._unfamiliar = self._unfamiliar
             self._by_target, self._by_policy, self._total = fresh._by_target, fresh._by_policy, fresh._total
-            self._fallbacks = self._degraded = self._classified = self._low_confidence = 0
+            self._fallbacks = self._degraded = self._classified = self._low_confidence = self._unfamiliar = 0
         return drained
 
     def merge(self, other: "Stats") -> None:
@@ -117,10 +121,12 @@ class Stats:
             self._degraded += other._degraded
             self._classified += other._classified
             self._low_confidence += other._low_confidence
+            self._unfamiliar += other._unfamiliar
 
     def counters(self) -> dict[str, int]:
         return {"fallbacks": self._fallbacks, "degraded": self._degraded,
-                "classified_with_confidence": self._classified, "low_confidence": self._low_confidence}
+                "classified_with_confidence": self._classified, "low_confidence": self._low_confidence,
+                "unfamiliar": self._unfamiliar}
 
     def groups(self) -> dict[str, Totals]:
         """Every bucket by its name in the store: ``total``, ``target:<name>``, ``policy:<name>``."""
@@ -137,4 +143,5 @@ class Stats:
                 "degraded": self._degraded,
                 "classified_with_confidence": self._classified,
                 "low_confidence": self._low_confidence,
+                "unfamiliar": self._unfamiliar,
             })

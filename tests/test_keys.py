@@ -15,6 +15,7 @@ import requests
 
 from local_stack.triton_launcher import TritonServer, free_port
 from local_stack.valkey import ValkeyServer
+from router_service.classifier import UNFAMILIAR_BELOW
 
 from .conftest import router_config_dict, run_router
 
@@ -259,11 +260,21 @@ def test_stats_add_up_over_processes(routers: tuple[str, str]) -> None:
         return requests.get(a + "/v1/router/stats", headers=auth, timeout=10).json()["by_target"].get(
             "smollm2-135m", {"requests": 0, "cost_usd": 0.0})
 
-    before = total()
+    def counts() -> dict:
+        stats = requests.get(b + "/v1/router/stats", headers=auth, timeout=10).json()
+        return {k: stats[k] for k in ("classified_with_confidence", "unfamiliar")}
+
+    before, counted = total(), counts()
     answers = [chat(url, key, max_tokens=2) for url in (a, b, b, a, b)]
-    assert all(r.status_code == 200 for r in answers)
+    routed = [chat(url, key, model="router", messages=[{"role": "user", "content": f"zxqv wlorp {i} " * 8}])
+              for i, url in enumerate((a, b, a))]
+    assert all(r.status_code == 200 for r in answers + routed)
     time.sleep(1.5)  # b adds what it counted to the store every second
-    after = total()
-    assert after["requests"] - before["requests"] == 5
+    after, served = total(), answers + [r for r in routed if r.headers["x-router-target"] == "smollm2-135m"]
+    assert after["requests"] - before["requests"] == len(served)
     assert after["cost_usd"] - before["cost_usd"] == pytest.approx(
-        sum(float(r.headers["x-router-cost-usd"]) for r in answers), rel=1e-6)
+        sum(float(r.headers["x-router-cost-usd"]) for r in served), rel=1e-6)
+    # The classified answers of both processes, and those unlike the classifier's training data.
+    confidences = [float(r.headers["x-router-confidence"]) for r in routed]
+    assert counts() == {"classified_with_confidence": counted["classified_with_confidence"] + 3,
+                        "unfamiliar": counted["unfamiliar"] + sum(c < UNFAMILIAR_BELOW for c in confidences)}

@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from router_service.classifier import ClassifierUnavailable
+from router_service.classifier import UNFAMILIAR_BELOW, ClassifierUnavailable
 from router_service.classifier_client import ClassifierClient
 from router_service.metrics import CONFIDENCE_BUCKETS
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
@@ -398,6 +398,7 @@ def test_low_confidence_action(triton: TritonServer, tmp_path: Path, routing_dat
         assert high.headers["x-router-reason"] == "classifier" and high.headers["x-router-target"] != target
         stats = requests.get(url + "/v1/router/stats", timeout=10).json()
         assert stats["low_confidence"] == 1 and stats["classified_with_confidence"] == 2
+        assert stats["unfamiliar"] == sum(c < UNFAMILIAR_BELOW for c in (familiar.confidence, unfamiliar.confidence))
         # Both confidences in the policy's histogram, whatever the action made of them.
         s = _samples(requests.get(url + "/metrics", timeout=10).text)
     assert s[("router_classifier_confidence_count", (("policy", "default"),))] == 2
