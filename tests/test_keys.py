@@ -264,6 +264,7 @@ def test_stats_add_up_over_processes(routers: tuple[str, str]) -> None:
         stats = requests.get(b + "/v1/router/stats", headers=auth, timeout=10).json()
         return {k: stats[k] for k in ("classified_with_confidence", "unfamiliar")}
 
+    time.sleep(1.5)  # what earlier tests counted has reached the store
     before, counted = total(), counts()
     answers = [chat(url, key, max_tokens=2) for url in (a, b, b, a, b)]
     routed = [chat(url, key, model="router", messages=[{"role": "user", "content": f"zxqv wlorp {i} " * 8}])
