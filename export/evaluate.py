@@ -2,8 +2,9 @@
 
 Loads the version directory (default: the latest, as Triton serves it) through that version's own
 ``model.py`` (tokenizers + onnxruntime, exactly Triton's code path), scores the ``prompt`` of every
-record, writes ``{"id", "score"}`` lines, prints one JSON line of routing metrics (router and
-random routing) and plots quality against the share of strong calls (router, random, oracle).
+record, writes ``{"id", "score"}`` lines (and ``"confidence"`` where the version reports it), prints
+one JSON line of routing metrics (router and random routing, and the share of prompts unfamiliar to
+the version) and plots quality against the share of strong calls (router, random, oracle).
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from export import metrics, repository
-from export.served_model import load_module
 from export.data import MODELS_FILE, REWRITES, load_models, load_routing_set, models_file_for, rewrite
+from export.served_model import load_module
+from router_service.classifier import UNFAMILIAR_BELOW
 
 BATCH = 64
 
@@ -69,14 +71,20 @@ def load_runtime(version_dir: Path, threads: int = 0, device: str = "cpu") -> An
     return module.ClassifierRuntime(version_dir, module.RuntimeSettings(device=device, intra_op_threads=threads))
 
 
-def score_prompts(runtime: Any, prompts: list[str], batch: int = BATCH) -> np.ndarray:
+def score_prompts(runtime: Any, prompts: list[str], batch: int = BATCH) -> tuple[np.ndarray, np.ndarray | None]:
+    """The served score of each prompt, and its confidence (None when the version has none)."""
     # Sorted by length so each batch pads little, as Triton's dynamic batches of similar requests would.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = np.zeros(len(prompts), dtype=np.float32)
+    confidence: np.ndarray | None = np.zeros(len(prompts), dtype=np.float32)
     for start in range(0, len(order), batch):
         index = order[start : start + batch]
-        scores[index] = runtime.score([prompts[i] for i in index])
-    return scores
+        scores[index], familiar = runtime.evaluate([prompts[i] for i in index])
+        if familiar is None:
+            confidence = None
+        elif confidence is not None:
+            confidence[index] = familiar
+    return scores, confidence
 
 
 def plot_curves(path: Path, weak: np.ndarray, strong: np.ndarray, scores: np.ndarray, title: str,
@@ -121,13 +129,16 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     print(f">> scoring {len(prompts)} prompts of {opts.data} with {version_dir}", flush=True)
     runtime = load_runtime(version_dir, opts.threads)
     started = time.monotonic()
-    scores = score_prompts(runtime, prompts)
+    scores, confidence = score_prompts(runtime, prompts)
     seconds = time.monotonic() - started
 
     opts.scores.parent.mkdir(parents=True, exist_ok=True)
     with opts.scores.open("w", encoding="utf-8") as fh:
-        for i, s in zip(ids, scores):
-            fh.write(json.dumps({"id": i, "score": round(float(s), 7)}) + "\n")
+        for row, (i, s) in enumerate(zip(ids, scores)):
+            line = {"id": i, "score": round(float(s), 7)}
+            if confidence is not None:
+                line["confidence"] = round(float(confidence[row]), 7)
+            fh.write(json.dumps(line) + "\n")
     router = metrics.routing_metrics(scores, data.weak, data.strong).as_dict()
     rand = metrics.random_metrics(data.weak, data.strong).as_dict()
     # Baseline: longer prompts first (characters of what was scored).
@@ -148,6 +159,12 @@ def run(opts: EvaluateOptions) -> dict[str, Any]:
     result = {"n": router["n"], "version": int(version_dir.name), **{k: r4(router[k]) for k in keys},
               "random": {k: r4(rand[k]) for k in keys}, "prompt_length": {k: r4(by_length[k]) for k in keys},
               "rewrite": opts.rewrite}
+    if confidence is not None and len(prompts):
+        # Prompts unlike the version's training data (a few percent in domain): the share the
+        # router's dashboard and alert watch in production (router_classifier_confidence).
+        result["unfamiliar_share"] = r4(float(np.mean(confidence < UNFAMILIAR_BELOW)))
+        print(f">> {result['unfamiliar_share']:.1%} of the prompts are unfamiliar to version {version_dir.name} "
+              f"(confidence below {UNFAMILIAR_BELOW}; a few percent in domain)", flush=True)
     per_source = metrics.per_source_apgr(scores, data.weak, data.strong, data.sources)
     if len(per_source) > 1:  # a file of several tasks: each task alone, and their mean
         result["per_source_apgr"] = per_source

@@ -26,6 +26,7 @@ import pytest
 from export import metrics, repository
 from export.data import load_models, load_routing_set
 from export.pipeline import MODEL_NAME, TEMPLATE
+from router_service.classifier import UNFAMILIAR_BELOW
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64", "--head", "ensemble"]
@@ -401,6 +402,8 @@ def test_evaluate_scores_every_prompt_and_plots(exported: SimpleNamespace, tmp_p
     assert [r["id"] for r in rows] == ids
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
     assert result["n"] == len(ids) and result["version"] == 1
+    # An ensemble version reports no confidence, so neither do its scores.
+    assert "unfamiliar_share" not in result and not any("confidence" in r for r in rows)
     assert {"apgr", "cpt50", "cpt80", "strong_share_at_95", "auc"} <= set(result)
     assert result["random"]["apgr"] == pytest.approx(0.5)
     png = scores.with_suffix(".png")
@@ -418,6 +421,22 @@ def test_evaluate_scores_every_prompt_and_plots(exported: SimpleNamespace, tmp_p
     assert chat_scores != [r["score"] for r in rows]
     # the length baseline measures the rewritten prompts, which are longer or shorter than the originals
     assert chat_result["prompt_length"] != result["prompt_length"]
+
+
+def test_evaluate_reports_the_unfamiliar_share(model_repo: Path, tmp_path: Path) -> None:
+    """The default head reports a confidence per prompt; `make eval` gives each and the share below
+    UNFAMILIAR_BELOW, the one the router's dashboard and alert watch in production."""
+    data = _small_val(SimpleNamespace(data=_routing_dir()), tmp_path, n=48)
+    scores = tmp_path / "scores.jsonl"
+    proc = run_module("export.evaluate", "--data", str(data), "--scores", str(scores), "--model-repository",
+                      str(model_repo), "--models-json", str(_routing_dir() / "models.json"))
+    assert proc.returncode == 0, proc.stderr
+    result = last_json(proc.stdout)
+    confidences = [json.loads(line)["confidence"] for line in scores.read_text().splitlines()]
+    assert len(confidences) == result["n"] == 48 and all(0.0 <= c <= 1.0 for c in confidences)
+    share = sum(c < UNFAMILIAR_BELOW for c in confidences) / len(confidences)
+    assert result["unfamiliar_share"] == pytest.approx(share, abs=1e-4)
+    assert f"{share:.1%} of the prompts are unfamiliar" in proc.stdout
 
 
 def _prompts(exported: SimpleNamespace, n: int = 32) -> list[str]:
