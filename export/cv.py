@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export import metrics
-from export.data import DEFAULT_DATA_DIR, load_models, load_routing_set, rewrite, strip_choices
+from export.data import DEFAULT_DATA_DIR, REWRITES, load_models, load_routing_set, rewrite, strip_choices
 from export.onnx_head import EmbeddingHead, ridge_map
 from export.served_model import FEATURE_NAMES, LogisticBlend, lists_options, prompt_features
 
@@ -311,9 +311,9 @@ def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int =
     """``data``'s rows as free-form traffic would word them, labels kept (``make eval
     EVAL_ARGS=--rewrite R`` on a validation file): the question alone (MMLU's A-D options
     stripped) and a chat request around it (``export.data.rewrite``, keyed by the row's id);
-    ``as-is``: the rows unchanged."""
-    views = {"as-is": data}
-    for name in ("question-only", "chat"):
+    ``none``: the rows unchanged (the names of ``export.data.REWRITES``)."""
+    views = {"none": data}
+    for name in (r for r in REWRITES if r != "none"):
         prompts = rewrite(data.prompts, ids, name)
         views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
                               features=prompt_features(prompts),
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(--no-static-oof-blend: in sample, several times quicker)")
     p.add_argument("--rewrites", action="store_true",
                    help="also score the random MMLU folds with the held-out prompts reworded as free-form traffic "
-                        "(question-only: the A-D options stripped; chat: a chat request around the question; as-is: "
+                        "(question-only: the A-D options stripped; chat: a chat request around the question; none: "
                         "unchanged), labels kept, every fold's index also holding the LLMRouter rows as served: the "
                         "training-data twin of `make eval EVAL_ARGS=--rewrite R`")
     p.add_argument("--out", type=Path, default=Path(".eval/cv.json"))

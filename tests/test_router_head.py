@@ -584,6 +584,22 @@ def test_rewritten_rows_are_scored_as_reworded_and_trained_on_as_they_are() -> N
         np.testing.assert_array_equal(emb, np.concatenate([data.emb[folds != f], extra.emb]))
 
 
+def test_rewrite_views_are_the_rewrites_make_eval_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make cv --rewrites` names its columns as `make eval --rewrite` names the rewrites; each view
+    keeps the rows' labels and holds the reworded prompts."""
+    from export.data import REWRITES, rewrite
+
+    monkeypatch.setattr(cv, "_embed", lambda prompts, *_a, **_k: np.zeros((len(prompts), 6), np.float32))
+    data = _routing_rows(np.random.default_rng(2), 4)
+    data.prompts = [f"Which is {i}?\nA. one\nB. two\nC. three\nD. four\nAnswer:" for i in range(4)]
+    ids = [f"mmlu/x-{i}" for i in range(4)]
+    views = cv.rewrite_views(data, ids, encoder=None)
+    assert list(views) == list(REWRITES) and views["none"] is data
+    for name in REWRITES:
+        assert views[name].prompts == rewrite(data.prompts, ids, name)
+        np.testing.assert_array_equal(views[name].strong - views[name].weak, data.strong - data.weak)
+
+
 def test_held_out_sources_are_voted_on_as_their_own_view() -> None:
     """The static encoder's vectors must not have seen a held-out source's text: the blend's
     unfamiliar votes and the export's grouped cross-validation read the rows as `fold_view` embeds
