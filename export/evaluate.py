@@ -77,9 +77,11 @@ def score_prompts(runtime: Any, prompts: list[str], batch: int = BATCH) -> tuple
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = np.zeros(len(prompts), dtype=np.float32)
     confidence: np.ndarray | None = np.zeros(len(prompts), dtype=np.float32)
+    # A version exported before the confidence existed carries a model.py with `score` alone.
+    evaluate = getattr(runtime, "evaluate", None) or (lambda texts: (runtime.score(texts), None))
     for start in range(0, len(order), batch):
         index = order[start : start + batch]
-        scores[index], familiar = runtime.evaluate([prompts[i] for i in index])
+        scores[index], familiar = evaluate([prompts[i] for i in index])
         if familiar is None:
             confidence = None
         elif confidence is not None:

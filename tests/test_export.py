@@ -423,6 +423,27 @@ def test_evaluate_scores_every_prompt_and_plots(exported: SimpleNamespace, tmp_p
     assert chat_result["prompt_length"] != result["prompt_length"]
 
 
+def test_score_prompts_keeps_each_prompt_its_own_score_and_confidence() -> None:
+    """Prompts are scored in batches sorted by length; every score and confidence goes back to its
+    prompt. A version exported before the confidence (its model.py has `score` alone) has none."""
+    from export.evaluate import score_prompts
+
+    class Served:
+        def evaluate(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            return np.array([len(t) for t in texts], np.float32), np.array([len(t) / 10 for t in texts], np.float32)
+
+    class Older:
+        def score(self, texts: list[str]) -> np.ndarray:
+            return np.array([len(t) for t in texts], np.float32)
+
+    prompts = ["x" * n for n in (5, 1, 9, 3, 7)]
+    scores, confidence = score_prompts(Served(), prompts, batch=2)
+    assert scores.tolist() == [5, 1, 9, 3, 7] and confidence is not None
+    np.testing.assert_allclose(confidence, [0.5, 0.1, 0.9, 0.3, 0.7], rtol=1e-6)
+    scores, confidence = score_prompts(Older(), prompts, batch=2)
+    assert scores.tolist() == [5, 1, 9, 3, 7] and confidence is None
+
+
 def test_evaluate_reports_the_unfamiliar_share(model_repo: Path, tmp_path: Path) -> None:
     """The default head reports a confidence per prompt; `make eval` gives each and the share below
     UNFAMILIAR_BELOW, the one the router's dashboard and alert watch in production."""
