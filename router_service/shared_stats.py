@@ -9,7 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from .generation import Usage
-from .stats import Stats, Totals, with_policy_savings
+from .stats import COUNTERS, Stats, Totals, with_policy_savings
 from .store import Store, StoreUnavailable
 
 _FLOATS = {"cost_usd", "baseline_cost_usd"}
@@ -100,6 +100,5 @@ class SharedStats:
         return with_policy_savings({
             "total": totals(groups.get("total", {})), "by_target": dict(sorted(by["target"].items())),
             "by_policy": dict(sorted(by["policy"].items())),
-            **{k: int(counters.get(k, 0)) for k in ("fallbacks", "degraded", "classified_with_confidence",
-                                                     "low_confidence", "unfamiliar")},
+            **{k: int(counters.get(k, 0)) for k in COUNTERS},
             "scope": "all router processes sharing the store"})

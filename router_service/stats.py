@@ -36,6 +36,12 @@ class Totals:
         return {**asdict(self), "savings_usd": round(self.savings_usd, 10)}
 
 
+# Counts beside the totals, in both Stats and shared_stats.SharedStats: answers served by a
+# fallback, decided without the classifier (degraded), whose classifier gave a confidence, routed by
+# a policy's low_confidence action, and below UNFAMILIAR_BELOW whatever the policy did.
+COUNTERS = ("fallbacks", "degraded", "classified_with_confidence", "low_confidence", "unfamiliar")
+
+
 def with_policy_savings(snapshot: dict[str, Any]) -> dict[str, Any]:
     """The total's savings are the policies' savings: a request that names a target directly has
     no always-strong baseline, so its cost must not count against them."""
@@ -64,11 +70,7 @@ class Stats:
         self._by_target: dict[str, Totals] = defaultdict(Totals)
         self._by_policy: dict[str, Totals] = defaultdict(Totals)
         self._total = Totals()
-        self._fallbacks = 0
-        self._degraded = 0
-        self._classified = 0  # answers whose classifier gave a confidence
-        self._low_confidence = 0  # of those, the ones a policy's low_confidence action routed
-        self._unfamiliar = 0  # of those, the ones below UNFAMILIAR_BELOW, whatever the policy did
+        self._counts = dict.fromkeys(COUNTERS, 0)
 
     def record(self, target: str, policy: str | None, usage: Usage, cost_usd: float,
                baseline_cost_usd: float | None, *, fallback: bool = False, degraded: bool = False,
@@ -85,11 +87,12 @@ class Stats:
             if policy is not None and baseline_cost_usd is not None:
                 self._by_policy[policy].baseline_cost_usd += baseline_cost_usd
                 self._total.baseline_cost_usd += baseline_cost_usd
-            self._fallbacks += int(fallback)
-            self._degraded += int(degraded)
-            self._classified += int(confidence is not None)
-            self._low_confidence += int(low_confidence)
-            self._unfamiliar += int(confidence is not None and confidence < UNFAMILIAR_BELOW)
+            counts = self._counts
+            counts["fallbacks"] += int(fallback)
+            counts["degraded"] += int(degraded)
+            counts["classified_with_confidence"] += int(confidence is not None)
+            counts["low_confidence"] += int(low_confidence)
+            counts["unfamiliar"] += int(confidence is not None and confidence < UNFAMILIAR_BELOW)
 
     def record_error(self, target: str | None) -> None:
         with self._lock:
@@ -103,11 +106,9 @@ class Stats:
         with self._lock:
             drained = Stats()
             drained._by_target, drained._by_policy, drained._total = self._by_target, self._by_policy, self._total
-            drained._fallbacks, drained._degraded = self._fallbacks, self._degraded
-            drained._classified, drained._low_confidence = self._classified, self._low_confidence
-            drained._unfamiliar = self._unfamiliar
+            drained._counts = self._counts
             self._by_target, self._by_policy, self._total = fresh._by_target, fresh._by_policy, fresh._total
-            self._fallbacks = self._degraded = self._classified = self._low_confidence = self._unfamiliar = 0
+            self._counts = fresh._counts
         return drained
 
     def merge(self, other: "Stats") -> None:
@@ -117,16 +118,11 @@ class Stats:
                 for name, totals in theirs.items():
                     mine[name].add(totals)
             self._total.add(other._total)
-            self._fallbacks += other._fallbacks
-            self._degraded += other._degraded
-            self._classified += other._classified
-            self._low_confidence += other._low_confidence
-            self._unfamiliar += other._unfamiliar
+            for name, count in other._counts.items():
+                self._counts[name] += count
 
     def counters(self) -> dict[str, int]:
-        return {"fallbacks": self._fallbacks, "degraded": self._degraded,
-                "classified_with_confidence": self._classified, "low_confidence": self._low_confidence,
-                "unfamiliar": self._unfamiliar}
+        return dict(self._counts)
 
     def groups(self) -> dict[str, Totals]:
         """Every bucket by its name in the store: ``total``, ``target:<name>``, ``policy:<name>``."""
@@ -139,9 +135,5 @@ class Stats:
                 "total": self._total.as_dict(),
                 "by_target": {k: v.as_dict() for k, v in sorted(self._by_target.items())},
                 "by_policy": {k: v.as_dict() for k, v in sorted(self._by_policy.items())},
-                "fallbacks": self._fallbacks,
-                "degraded": self._degraded,
-                "classified_with_confidence": self._classified,
-                "low_confidence": self._low_confidence,
-                "unfamiliar": self._unfamiliar,
+                **self._counts,
             })
