@@ -63,6 +63,9 @@ class RoutingData:
     # (one distillation per fold), what out-of-fold votes on them read, as a new prompt (or a new
     # task's) is embedded; computed only when asked. None: the embeddings do not depend on the rows.
     fold_view: "Callable[[np.ndarray], RoutingData] | None" = None
+    # The rows' ids (``export.data``'s): what ``rewrite`` keys a row's chat wording on. Empty for rows
+    # built without them; only ``make cv --rewrites`` reads them.
+    ids: list[str] = field(default_factory=list)
     _options: tuple[list[str], np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -88,7 +91,8 @@ class RoutingData:
                            self.weak[rows], self.strong[rows], self.emb[rows], self.qonly_emb[rows],
                            self.qonly_mask[rows], self.features[rows],
                            None if self.target_emb is None else self.target_emb[rows],
-                           None if self.qonly_target_emb is None else self.qonly_target_emb[rows])
+                           None if self.qonly_target_emb is None else self.qonly_target_emb[rows],
+                           ids=[self.ids[i] for i in rows] if self.ids else [])
 
     def index(self, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The kNN index of these rows: (embeddings, gap labels), question-only copies appended."""
@@ -112,7 +116,7 @@ class RoutingData:
 
 def load(path: Path, models_json: Path) -> RoutingData:
     data = load_routing_set(path, load_models(models_json))
-    return RoutingData(path.stem, data.prompts, data.sources, data.weak, data.strong)
+    return RoutingData(path.stem, data.prompts, data.sources, data.weak, data.strong, ids=data.ids)
 
 
 def _embed(prompts: list[str], encoder: Any, layers: int = 0, max_length: int = MAX_LENGTH) -> np.ndarray:
@@ -285,7 +289,8 @@ def concat(parts: list[RoutingData], name: str) -> RoutingData:
     if all(p.target_emb is not None for p in parts):
         fields += ["target_emb", "qonly_target_emb"]
     return RoutingData(name, sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
-                       *(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+                       ids=sum((p.ids for p in parts), []) if all(p.ids for p in parts) else [],
+                       **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields})
 
 
 # --- the protocol --------------------------------------------------------------------------------
@@ -306,15 +311,17 @@ def oof(data: RoutingData, folds: np.ndarray, fit: Fit, scored: RoutingData | No
     return out
 
 
-def rewrite_views(data: RoutingData, ids: list[str], encoder: Any, layers: int = 0,
+def rewrite_views(data: RoutingData, encoder: Any, layers: int = 0,
                   max_length: int = MAX_LENGTH) -> dict[str, RoutingData]:
     """``data``'s rows as free-form traffic would word them, labels kept (``make eval
     EVAL_ARGS=--rewrite R`` on a validation file): the question alone (MMLU's A-D options
     stripped) and a chat request around it (``export.data.rewrite``, keyed by the row's id);
     ``none``: the rows unchanged (the names of ``export.data.REWRITES``)."""
+    if len(data.ids) != len(data.prompts):
+        raise ValueError(f"{data.name}: rewording needs every row's id")
     views = {"none": data}
     for name in (r for r in REWRITES if r != "none"):
-        prompts = rewrite(data.prompts, ids, name)
+        prompts = rewrite(data.prompts, data.ids, name)
         views[name] = replace(data, prompts=prompts, emb=_embed(prompts, encoder, layers, max_length),
                               features=prompt_features(prompts),
                               target_emb=None, qonly_target_emb=None, fold_view=None)
@@ -599,8 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Any] = {}
     subjects, sources = group_folds(mmlu.sources), group_folds(both.sources)
-    views = rewrite_views(mmlu, load_routing_set(d / "mmlu-train.jsonl", load_models(d / "models.json")).ids,
-                          loader(a.encoder_layers), a.encoder_layers, a.max_length) if a.rewrites else {}
+    views = rewrite_views(mmlu, loader(a.encoder_layers), a.encoder_layers, a.max_length) if a.rewrites else {}
     for name, fit in candidates(spec).items():
         if a.only and name not in a.only:
             continue

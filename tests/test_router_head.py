@@ -592,12 +592,17 @@ def test_rewrite_views_are_the_rewrites_make_eval_knows(monkeypatch: pytest.Monk
     monkeypatch.setattr(cv, "_embed", lambda prompts, *_a, **_k: np.zeros((len(prompts), 6), np.float32))
     data = _routing_rows(np.random.default_rng(2), 4)
     data.prompts = [f"Which is {i}?\nA. one\nB. two\nC. three\nD. four\nAnswer:" for i in range(4)]
-    ids = [f"mmlu/x-{i}" for i in range(4)]
-    views = cv.rewrite_views(data, ids, encoder=None)
+    data.ids = ids = [f"mmlu/x-{i}" for i in range(4)]
+    views = cv.rewrite_views(data, encoder=None)
     assert list(views) == list(REWRITES) and views["none"] is data
     for name in REWRITES:
         assert views[name].prompts == rewrite(data.prompts, ids, name)
         np.testing.assert_array_equal(views[name].strong - views[name].weak, data.strong - data.weak)
+    # The ids follow their rows through folds and joins, so that a fold's rows keep their wording.
+    assert cv.concat([data.subset(np.array([2, 0])), data], "both").ids == [ids[2], ids[0], *ids]
+    assert cv.concat([data, _routing_rows(np.random.default_rng(3), 2)], "both").ids == []
+    with pytest.raises(ValueError, match="id"):
+        cv.rewrite_views(_routing_rows(np.random.default_rng(4), 3), encoder=None)
 
 
 def test_held_out_sources_are_voted_on_as_their_own_view() -> None:
