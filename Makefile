@@ -23,33 +23,45 @@ HELM := tools/bin/helm-$(HELM_VERSION)
 CHART := helm/llm-router
 VALUES ?=
 
+# The versions every install gets (`make lock` rewrites it); pyproject.toml keeps the ranges.
+LOCK := constraints.txt
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench bench-compare test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all lock run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench bench-compare test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip wheel setuptools
+	$(BIN)/pip install --upgrade -c $(LOCK) pip wheel setuptools
 
 # Serving stack: router service, Triton binary and python-backend model dependencies.
-$(STAMP_BASE): pyproject.toml | $(BIN)/pip
+$(STAMP_BASE): pyproject.toml $(LOCK) | $(BIN)/pip
 	@echo ">> installing the router service and the serving stack (llama.cpp builds once, then pip's cache serves it)"
-	$(BIN)/pip install --progress-bar on -e '.[serving]'
+	$(BIN)/pip install --progress-bar on -c $(LOCK) -e '.[serving]'
 	@touch $@
 
 # Everything: serving + export (PyTorch) + test tools.
-$(STAMP_ALL): pyproject.toml | $(BIN)/pip
+$(STAMP_ALL): pyproject.toml $(LOCK) | $(BIN)/pip
 	@echo ">> installing serving, export (PyTorch) and test dependencies"
-	$(BIN)/pip install --progress-bar on -e '.[serving,export,test]'
+	$(BIN)/pip install --progress-bar on -c $(LOCK) -e '.[serving,export,test]'
 	@touch $@ $(STAMP_BASE)
 
 install: $(STAMP_BASE) ## Install the serving stack into .venv
 
 install-all: $(STAMP_ALL) ## Install serving, export and test dependencies into .venv
+
+# A throw-away virtualenv resolves pyproject.toml's ranges with no constraints; its freeze is the lock.
+lock: ## Rewrite constraints.txt with the newest versions pyproject.toml allows (a full install: about 10 min)
+	@echo ">> resolving pyproject.toml's ranges in a throw-away virtualenv (.lock-venv)"
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --progress-bar on --upgrade pip wheel setuptools
+	.lock-venv/bin/pip install --progress-bar on -e '.[serving,export,test]'
+	{ sed -n '/^#/p;/^#/!q' $(LOCK); .lock-venv/bin/pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
+	@echo ">> $(LOCK) rewritten ($$(grep -vc '^#' $(LOCK)) pins): run make test, which reinstalls .venv from it"
 
 run: $(STAMP_BASE) ## Start Triton + the router on 127.0.0.1 (exports the router model first if none exists)
 	@if ! $(PY) -m export.repository --has-version $(MODEL_REPOSITORY)/router_classifier; then \

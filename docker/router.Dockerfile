@@ -16,12 +16,13 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY router_service ./router_service
 # For `python -m export.promote` (router-model releases) in router pods; the rest of export/
 # needs PyTorch and is never imported here.
 COPY export ./export
-RUN pip wheel --wheel-dir /wheels .
+# The versions the test suite passed with (constraints.txt), as `make install` gets them.
+RUN pip wheel -c constraints.txt --wheel-dir /wheels .
 
 # --- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -1,9 +1,12 @@
 """The project's Python type-checks (mypy, with pydantic's plugin; settings in pyproject.toml): the
-router, the export and evaluation tools, the Triton model's code, the local stack and the bench."""
+router, the export and evaluation tools, the Triton model's code, the local stack and the bench. The
+environment it runs in is the locked one (constraints.txt)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,3 +17,25 @@ def test_the_project_type_checks() -> None:
     proc = subprocess.run([sys.executable, "-m", "mypy", *CHECKED], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_environment_is_the_locked_one() -> None:
+    """`make install-all` installs with `-c constraints.txt`: every distribution in the suite's
+    virtualenv is pinned there at the version installed. A dependency added to pyproject.toml
+    without `make lock` arrives unpinned and fails this."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            pins[_canonical(name)] = version
+    installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed.pop("triton-llm-router")  # the project itself, installed editable
+    unpinned = sorted(set(installed) - set(pins))
+    assert not unpinned, f"installed but not in constraints.txt (run make lock): {unpinned}"
+    drifted = {n: (v, pins[n]) for n, v in installed.items() if v != pins[n]}
+    assert not drifted, f"installed version differs from constraints.txt (installed, locked): {drifted}"
