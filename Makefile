@@ -53,7 +53,8 @@ install: $(STAMP_BASE) ## Install the serving stack into .venv
 
 install-all: $(STAMP_ALL) ## Install serving, export and test dependencies into .venv
 
-# A throw-away virtualenv resolves pyproject.toml's ranges with no constraints; its freeze is the lock.
+# A throw-away virtualenv resolves pyproject.toml's ranges with no constraints; its freeze, under the
+# file's comment header, is the lock.
 lock: ## Rewrite constraints.txt with the newest versions pyproject.toml allows (a full install: about 10 min)
 	@echo ">> resolving pyproject.toml's ranges in a throw-away virtualenv (.lock-venv)"
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -3,11 +3,12 @@ router, the export and evaluation tools, the Triton model's code, the local stac
 environment it runs in is the locked one (constraints.txt)."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED = ("router_service", "export", "model_repository/router_classifier/model.py", "local_stack", "bench")
@@ -19,10 +20,6 @@ def test_the_project_type_checks() -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def test_the_environment_is_the_locked_one() -> None:
     """`make install-all` installs with `-c constraints.txt`: every distribution in the suite's
     virtualenv is pinned there at the version installed. A dependency added to pyproject.toml
@@ -32,8 +29,8 @@ def test_the_environment_is_the_locked_one() -> None:
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             assert version, f"constraints.txt: {line!r} is not name==version"
-            pins[_canonical(name)] = version
-    installed = {_canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+            pins[canonicalize_name(name)] = version
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
     installed.pop("triton-llm-router")  # the project itself, installed editable
     unpinned = sorted(set(installed) - set(pins))
     assert not unpinned, f"installed but not in constraints.txt (run make lock): {unpinned}"
