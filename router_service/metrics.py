@@ -22,7 +22,8 @@ from .config_base import PolicySettings
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
            5.0, 10.0, 30.0, 60.0, 120.0)
 # The classifier's confidence (x-router-confidence): a bucket edge at UNFAMILIAR_BELOW, where
-# the chart's dashboard and alert count unfamiliar prompts.
+# the chart's dashboard and alert count unfamiliar prompts. Each policy's low_confidence.below
+# becomes an edge as well (confidence_buckets).
 CONFIDENCE_BUCKETS = (0.01, UNFAMILIAR_BELOW, 0.1, 0.25, 0.5, 0.75, 1.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
@@ -30,6 +31,14 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 SHADOW_OUTCOMES = ("done", "unjudged", "failed", "rate_limited", "over_budget", "busy", "private")
+
+
+def confidence_buckets(policies: Sequence[PolicySettings]) -> tuple[float, ...]:
+    """The confidence histogram's edges: the fixed ones and every policy's ``low_confidence.below``,
+    so that the share of prompts a policy's action takes (or would take, with ``action: score``)
+    reads exactly from one bucket."""
+    edges = set(CONFIDENCE_BUCKETS) | {p.low_confidence.below for p in policies if p.low_confidence is not None}
+    return tuple(sorted(edges))
 
 
 class RouterMetrics:
@@ -70,7 +79,7 @@ class RouterMetrics:
         self.confidence = Histogram("router_classifier_confidence", "How familiar classified prompts are to the "
                                     "classifier (x-router-confidence): in-domain traffic puts a few percent below "
                                     "0.05, traffic unlike its training data far more", ["policy"],
-                                    buckets=CONFIDENCE_BUCKETS, registry=r)
+                                    buckets=confidence_buckets(policies), registry=r)
         self.store_errors = Counter("router_store_errors", "Failed calls to the shared store (keys, limits, spend)",
                                     ["operation"], registry=r)
         self.refusals = Counter("router_access_refusals", "Requests refused by key checks, limits or budgets",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from prometheus_client.utils import floatToGoString
 
 from router_service.classifier import UNFAMILIAR_BELOW, ClassifierUnavailable
 from router_service.classifier_client import ClassifierClient
@@ -405,6 +406,8 @@ def test_low_confidence_action(triton: TritonServer, tmp_path: Path, routing_dat
     for edge in CONFIDENCE_BUCKETS:
         expected = sum(c <= edge for c in (familiar.confidence, unfamiliar.confidence))
         assert s[("router_classifier_confidence_bucket", (("le", str(edge)), ("policy", "default")))] == expected
+    # The policy's own threshold is an edge too: its bucket holds the prompt its action took.
+    assert s[("router_classifier_confidence_bucket", (("le", floatToGoString(below)), ("policy", "default")))] == 1
 
 
 # --- the decision API: what chat completions would do, without forwarding ---
