@@ -28,7 +28,7 @@ LOCK := constraints.txt
 STAMP_BASE := $(VENV)/.installed-base
 STAMP_ALL := $(VENV)/.installed-all
 
-.PHONY: help install install-all lock run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench bench-compare test helm prometheus chromium observe helm-lint helm-template clean
+.PHONY: help install install-all lock run export export-from-log release k8s k8s-up podman-tools image-base router-image eval cv bench bench-compare bench-gpu gpu-bundle test helm prometheus chromium observe helm-lint helm-template clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -189,6 +189,15 @@ bench-compare: $(STAMP_ALL) $(WRK) $(VEGETA) ## Alternate make bench over router
 	@test -n "$(VERSIONS)" || { echo 'give VERSIONS="A B": router_classifier versions to compare'; exit 2; }
 	$(PY) -m bench.compare --model-repository $(MODEL_REPOSITORY) --versions $(VERSIONS) --runs $(RUNS) -- \
 		--wrk $(WRK) --vegeta $(VEGETA) --rates 50 --streams 0 $(BENCH_ARGS)
+
+# The classifier through Triton on a GPU (issue 20; a CPU dry run where there is none). A GPU machine
+# without network gets what it needs from `make gpu-bundle`: parts under .gpu/, one per transfer of
+# at most 64 MiB, joined there by bench/gpu_device.sh (docs/benchmarks.md, "The classifier on a GPU").
+bench-gpu: $(STAMP_ALL) ## The classifier through Triton on a GPU, or a CPU dry run: parity, prompts/s, p50/p99, where the time goes
+	$(PY) -m bench.gpu --model-repository $(MODEL_REPOSITORY) --data $(ROUTING_DATA)/mmlu-val.jsonl $(BENCH_GPU_ARGS)
+
+gpu-bundle: $(STAMP_ALL) ## Pack Triton, numpy<2, the newest version (fp32) and prompts into .gpu/ parts for a GPU machine
+	$(PY) -m bench.gpu_bundle --model-repository $(MODEL_REPOSITORY) --data $(ROUTING_DATA)/mmlu-val.jsonl
 
 # Chromium and its WebDriver for the playground's browser tests: Debian's packages and the few
 # libraries this machine lacks, unpacked (no root, no apt state) into tools/ once. Not pinned by

@@ -35,7 +35,7 @@ from export.served_model import (
     CALIBRATION_FILE, CALIBRATION_SHARES, CLF_OUTPUT, FEATURE_NAMES, KNN_OUTPUT, MODEL_FILE, QUALITY_KEY, Calibration,
     ClassifierRuntime, RuntimeSettings, SUPPORT_OUTPUT, lists_options, prompt_features, variant_file,
 )
-from export.served_model import SOURCE as TEMPLATE  # copied into every version
+from export.served_model import CODE_FILES  # copied into every version
 from export.train import TrainOptions
 
 MODEL_NAME = "router_classifier"
@@ -586,7 +586,8 @@ def export_graph(job: ExportJob) -> None:
             (job.encoder if job.knn else job.model).save_pretrained(hf_dir)
             export_onnx(hf_dir, onnx_dir, task=task)
         job.files = copy_artifacts(hf_dir, onnx_dir, job.stage)
-    shutil.copy2(TEMPLATE, job.stage / "model.py")
+    for source in CODE_FILES:
+        shutil.copy2(source, job.stage / source.name)
     job.metadata = _metadata(job.opts, job.models, job.train, job.val, job.base_model, job.history, job.tokenizer)
     job.metadata["base_model"]["layers"] = (job.encoder if job.knn else job.model).config.num_hidden_layers
     _write_json(job.stage / "metadata.json", job.metadata)
@@ -817,7 +818,7 @@ def run(opts: ExportOptions) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(job.stage, ignore_errors=True)
         raise
-    for name in sorted([*job.files, "model.py", "metadata.json"]):
+    for name in sorted([*job.files, *(source.name for source in CODE_FILES), "metadata.json"]):
         path = published / name
         log(f"   wrote {path} ({path.stat().st_size:,} bytes)")
     keys = ("apgr", "cpt50", "cpt80", "strong_share_at_95", "auc")

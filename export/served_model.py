@@ -10,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository" / "router_classifier" / "model.py"
+# The code every version carries beside its graph: model.py, and the GPU path it loads by path.
+CODE_FILES = (SOURCE, SOURCE.with_name("torch_graph.py"))
 
 
 def load_module(source: Path, name: str) -> ModuleType:

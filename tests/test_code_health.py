@@ -11,7 +11,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ("router_service", "export", "model_repository/router_classifier/model.py", "local_stack", "bench")
+CHECKED = ("router_service", "export", "model_repository/router_classifier/model.py",
+           "model_repository/router_classifier/torch_graph.py", "local_stack", "bench")
 
 
 def test_the_project_type_checks() -> None:

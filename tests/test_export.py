@@ -25,13 +25,14 @@ import pytest
 
 from export import metrics, repository
 from export.data import load_models, load_routing_set
-from export.pipeline import MODEL_NAME, TEMPLATE
+from export.pipeline import MODEL_NAME
+from export.served_model import CODE_FILES
 from router_service.classifier import UNFAMILIAR_BELOW
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--limit-train", "256", "--limit-val", "128", "--epochs", "1", "--max-length", "64", "--head", "ensemble"]
-VERSION_FILES = {"model.onnx", "model.py", "metadata.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "calibration.npy"}
+VERSION_FILES = {"model.onnx", "model.py", "torch_graph.py", "metadata.json", "tokenizer.json",
+                 "tokenizer_config.json", "vocab.txt", "calibration.npy"}
 
 
 
@@ -84,7 +85,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_export_writes_a_complete_version(exported: SimpleNamespace) -> None:
     version = exported.model_dir / "1"
     assert VERSION_FILES | {"model.int8.onnx", "head.int8.npz", "calibration.int8.npy"} <= {p.name for p in version.iterdir()}
-    assert (version / "model.py").read_bytes() == TEMPLATE.read_bytes()
+    for source in CODE_FILES:  # model.py and the GPU path it loads, versioned with the graph
+        assert (version / source.name).read_bytes() == source.read_bytes()
     assert not [p for p in exported.model_dir.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
     assert (version / "head.npz").is_file()  # the rank references of both branches

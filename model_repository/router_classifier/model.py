@@ -38,12 +38,15 @@ blended by rank (``RankBlend``, references in ``head.npz``).
 One onnxruntime run per batch, and on a GPU the whole head runs there: only a few floats per
 prompt come back to the host.
 
-Serving needs only numpy, ``tokenizers`` and onnxruntime (no torch, no transformers).
+Serving needs only numpy, ``tokenizers`` and onnxruntime (no torch, no transformers). On a GPU where
+onnxruntime is the CPU build, ``torch_graph.py`` (versioned beside this file) runs the same
+``model.onnx`` with torch and CUDA graphs (``engine``).
 ``ClassifierRuntime`` is the same preprocessing + inference outside Triton (evaluation, tests).
 
 Settings (config.pbtxt ``parameters``, overridden by environment variables):
-- ``device`` / ROUTER_CLASSIFIER_DEVICE: ``auto`` (CUDA when onnxruntime-gpu sees a GPU, else
-  CPU), ``cpu`` or ``cuda``.
+- ``device`` / ROUTER_CLASSIFIER_DEVICE: ``auto`` (a GPU when onnxruntime-gpu or torch sees one,
+  else CPU), ``cpu`` or ``cuda``.
+- ``engine`` / ROUTER_CLASSIFIER_ENGINE: ``auto``, ``onnxruntime`` or ``torch`` (``choose_engine``).
 - ``intra_op_threads`` / ROUTER_CLASSIFIER_THREADS: onnxruntime intra-op threads, 0 = auto
   (half the cores, at most 4: the box also runs Triton itself and the LLMs).
 - ``precision`` / ROUTER_CLASSIFIER_PRECISION: ``auto`` (the int8 model on CPU when the version has
@@ -99,6 +102,8 @@ OPTIONS_INPUT = "lists_options"
 
 
 PRECISIONS = ("auto", "fp32", "int8")
+ENGINES = ("auto", "onnxruntime", "torch")
+TORCH_GRAPH_FILE = "torch_graph.py"  # the GPU path without onnxruntime-gpu, versioned beside this file
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class RuntimeSettings:
     precision: str = "auto"  # auto | fp32 | int8 (see ClassifierRuntime.choose_precision)
     prompt_workers: int = 0  # 0 = auto: prompts of a batch run concurrently (int8 only)
     lone_prompt_threads: int = 0  # 0 = off; > intra_op_threads: threads for a batch of one (CPU only)
+    engine: str = "auto"  # auto | onnxruntime | torch (see ClassifierRuntime.choose_engine)
 
 
 # -- prompt features: signals that carry across tasks (length, structure) ---------------------------
@@ -192,6 +198,28 @@ def _auto_threads() -> int:
     return max(1, min(4, _cores() // 2))
 
 
+def _gpu_device_present() -> bool:
+    """An NVIDIA device node: checked before importing torch, which costs a second and 200 MB."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def _torch_graph() -> Any:
+    """torch_graph.py from this file's directory (a version directory, or the template's), imported
+    by path: Triton's stub and the export load this file by path too."""
+    import importlib.util
+    import sys
+
+    name = f"router_classifier_torch_graph_{abs(hash(str(Path(__file__).resolve().parent)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / TORCH_GRAPH_FILE)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"{TORCH_GRAPH_FILE} is missing beside {__file__}: re-export this version")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their module by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 class ClassifierRuntime:
     """Tokenizer + onnxruntime session of one exported version directory."""
 
@@ -222,12 +250,26 @@ class ClassifierRuntime:
         # Don't busy-wait between requests: the CPU is shared with Triton and the LLMs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.providers = self._providers(settings, ort.get_available_providers())
-        on_gpu = "CUDAExecutionProvider" in str(self.providers[0])
+        self.engine = self.choose_engine(settings, ort.get_available_providers())
+        if self.engine == "torch":
+            import torch
+
+            on_gpu = settings.device.lower() != "cpu" and torch.cuda.is_available()
+            if settings.device.lower() == "cuda" and not on_gpu:
+                raise RuntimeError("device 'cuda' requested but torch sees no GPU")
+            self.providers: list[Any] = []
+        else:
+            self.providers = self._providers(settings, ort.get_available_providers())
+            on_gpu = "CUDAExecutionProvider" in str(self.providers[0])
         self.precision = self.choose_precision(settings.precision, self.metadata, on_gpu)
         model_file = self.version_dir / variant_file(MODEL_FILE, self.precision)
-        self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
-        self._lone_session = self._lone_prompt_session(ort, settings, options, model_file, on_gpu)
+        if self.engine == "torch":
+            self.session: Any = _torch_graph().TorchGraphSession(
+                model_file, device=f"cuda:{settings.device_id}" if on_gpu else "cpu", max_length=self.max_length)
+            self._lone_session = None
+        else:
+            self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
+            self._lone_session = self._lone_prompt_session(ort, settings, options, model_file, on_gpu)
         self.input_names = {i.name for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         # An embedding head runs inside the graph (export/onnx_head.py): the graph returns the kNN
@@ -281,9 +323,30 @@ class ClassifierRuntime:
 
     @property
     def lone_prompt_threads(self) -> int:
-        """Intra-op threads a batch of one prompt runs with."""
+        """Intra-op threads a batch of one prompt runs with (0: not onnxruntime's to say)."""
         session = self._lone_session or self.session
-        return int(session.get_session_options().intra_op_num_threads)
+        options = getattr(session, "get_session_options", None)
+        return int(options().intra_op_num_threads) if options else 0
+
+    @staticmethod
+    def choose_engine(settings: RuntimeSettings, ort_providers: Sequence[str]) -> str:
+        """What runs the graph. ``onnxruntime`` always on CPU, and on a GPU when onnxruntime-gpu is
+        installed; ``torch`` (torch_graph.py: the same ONNX graph through torch with CUDA graphs)
+        on a GPU where onnxruntime is the CPU build, or when asked for (on CPU too, for parity
+        checks). ``auto`` picks torch only with a GPU device node, torch and no CUDA provider, so
+        CPU serving never imports torch."""
+        engine, device = settings.engine.lower(), settings.device.lower()
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {settings.engine!r}")
+        if engine != "auto":
+            return engine
+        if device == "cpu" or "CUDAExecutionProvider" in ort_providers or not _gpu_device_present():
+            return "onnxruntime"
+        try:
+            import torch
+        except ImportError:
+            return "onnxruntime"
+        return "torch" if torch.cuda.is_available() else "onnxruntime"
 
     @staticmethod
     def choose_precision(requested: str, metadata: dict[str, Any], on_gpu: bool) -> str:
@@ -592,8 +655,9 @@ def settings_from_config(model_config: dict[str, Any], environ: dict[str, str] |
     precision = env.get("ROUTER_CLASSIFIER_PRECISION") or params.get("precision") or "auto"
     workers = env.get("ROUTER_CLASSIFIER_PROMPT_WORKERS") or params.get("prompt_workers") or "0"
     lone = env.get("ROUTER_CLASSIFIER_LONE_PROMPT_THREADS") or params.get("lone_prompt_threads") or "0"
+    engine = env.get("ROUTER_CLASSIFIER_ENGINE") or params.get("engine") or "auto"
     return RuntimeSettings(device=device, intra_op_threads=int(threads), precision=precision,
-                           prompt_workers=int(workers), lone_prompt_threads=int(lone))
+                           prompt_workers=int(workers), lone_prompt_threads=int(lone), engine=engine)
 
 
 class TritonPythonModel:
@@ -611,6 +675,9 @@ class TritonPythonModel:
             # Triton >= 2.52 (python_backend PR #384); with 2.51 the serving image needs numpy < 2.
             print("router_classifier: WARNING numpy >= 2 in the python-backend environment: "
                   "Triton <= 2.51 needs numpy < 2 (string inputs and outputs break)", flush=True)
+        if self.runtime.engine == "torch" and self.runtime.precision == "fp32" and self.runtime.session.on_cuda:
+            # Every bucket's CUDA graph now, while Triton loads the model: no request pays a capture.
+            self.runtime.session.warmup(lambda m: print(f"router_classifier: {m}", flush=True))
         print(f"router_classifier: loaded {self.runtime.version_dir} providers={self.runtime.session.get_providers()} "
               f"precision={self.runtime.precision} max_length={self.runtime.max_length} "
               f"lone_prompt_threads={self.runtime.lone_prompt_threads}", flush=True)
