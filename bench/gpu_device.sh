@@ -23,7 +23,20 @@ fi
 stub=$(ls "$work"/site/pytriton/tritonserver/python_backend_stubs/*/triton_python_backend_stub)
 libdir=$(python3 -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
 echo ">> the python backend's stub against this Python's libpython ($libdir):"
-LD_LIBRARY_PATH="$libdir:$work/site/nvidia_pytriton.libs" ldd "$stub" | grep -E "python|not found" || true
+if LD_LIBRARY_PATH="$libdir:$work/site/nvidia_pytriton.libs" ldd "$stub" | grep -q "libpython.*not found"; then
+  # The stub embeds the interpreter through the shared libpython, which a Python built without
+  # --enable-shared (or without its libpython package) does not have in LIBDIR: look elsewhere.
+  found=$(find / -xdev -name "libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])').so.1.0" \
+          2>/dev/null | head -n 1 || true)
+  if [ -n "$found" ]; then
+    echo "   libpython found at $found"
+    export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "   no shared libpython on this machine: Triton's python backend cannot start (the engine study still runs)"
+  fi
+fi
+LD_LIBRARY_PATH="$libdir:$work/site/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$stub" \
+  | grep -E "libpython|not found" || true
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
 # numpy < 2 first: Triton 2.51's stub misreads numpy 2 arrays (model.py's docstring)
 export PYTHONPATH="$work/numpy:$work/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
