@@ -28,15 +28,16 @@ def _prompts(routing_data: Path, n: int) -> list[str]:
     return out + ["", "hi", "A. yes\nB. no\nWhich?"]
 
 
-def _runtime(version: Path, engine: str) -> Any:
+def _runtime(version: Path, engine: str, precision: str = "fp32") -> Any:
     module = load_served_module(version)
-    return module.ClassifierRuntime(version, module.RuntimeSettings(device="cpu", precision="fp32", engine=engine))
+    return module.ClassifierRuntime(version, module.RuntimeSettings(device="cpu", precision=precision, engine=engine))
 
 
 def test_torch_engine_scores_as_onnxruntime(model_repo: Path, routing_data: Path) -> None:
     version = _version(model_repo)
-    torch_rt, ort_rt = _runtime(version, "torch"), _runtime(version, "onnxruntime")
+    torch_rt, ort_rt = _runtime(version, "torch", precision="auto"), _runtime(version, "onnxruntime")
     assert torch_rt.engine == "torch" and ort_rt.engine == "onnxruntime"
+    assert torch_rt.precision == "fp32"  # auto: torch has no kernels for the int8 graph's operators
     assert torch_rt.session.get_providers()[0].startswith("TorchCUDAGraph(cpu")
     prompts = _prompts(routing_data, 40)
     expected_score, expected_conf = ort_rt.evaluate(prompts)

@@ -261,7 +261,8 @@ class ClassifierRuntime:
         else:
             self.providers = self._providers(settings, ort.get_available_providers())
             on_gpu = "CUDAExecutionProvider" in str(self.providers[0])
-        self.precision = self.choose_precision(settings.precision, self.metadata, on_gpu)
+        # torch runs fp32 graphs only (no kernels for onnxruntime's quantized operators), on a CPU too
+        self.precision = self.choose_precision(settings.precision, self.metadata, on_gpu or self.engine == "torch")
         model_file = self.version_dir / variant_file(MODEL_FILE, self.precision)
         if self.engine == "torch":
             self.session: Any = _torch_graph().TorchGraphSession(
