@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f">> 1/3 numpy < 2 for Python {args.python}")
         wheel = numpy_wheel(args.python, Path(tmp))
         members = [(wheel, f"wheels/{wheel.name}")]
-        _log(">> 2/3 tritonserver from the nvidia-pytriton wheel, the version's fp32 files, the prompts")
+        _log(">> 2/3 tritonserver from the nvidia-pytriton wheel, the version's fp32 files, the prompts "
+             "(xz: about 2 minutes on 2 cores)")
         members += triton_files(args.python)
         members += [(version / name, f"repository/{MODEL}/{version.name}/{name}")
                     for name in SERVED if (version / name).is_file()]
