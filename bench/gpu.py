@@ -111,10 +111,10 @@ def engine_study(version: Path, prompts: list[str], parity_n: int, batches: list
     out["parity_n"] = len(sample)
     out["parity_max_abs_diff"] = float(np.max(np.abs(a - b)))
     out["parity_same_side_of_median"] = float(np.mean((a >= np.median(b)) == (b >= np.median(b))))
-    names = ["knn_score", "knn_support"] if gpu.signals is not None else gpu.score_outputs
+    names = _score_outputs(gpu)
     rows = []
     for size in batches:
-        texts = [prompts[(i * 7) % len(prompts)] for i in range(size)]
+        texts = _batch(prompts, size)
         tok, graph = [], []
         repeats = max(5, min(200, 2000 // size))
         for _ in range(repeats):
@@ -135,13 +135,23 @@ def engine_study(version: Path, prompts: list[str], parity_n: int, batches: list
     out["batches"] = rows
     # A CPU dry run only checks this path, on its smallest batch.
     size = max(batches) if on_gpu else min(batches)
-    out["fp32_products"] = fp32_products(model, gpu, sample, b, [prompts[(i * 7) % len(prompts)] for i in range(size)])
+    out["fp32_products"] = fp32_products(model, gpu, sample, b, _batch(prompts, size))
     fp32 = out["fp32_products"]
     _log(f"   fp32 products instead of TF32: max |diff| {fp32['parity_max_abs_diff']:.2e}, "
          f"batch {fp32['batch']} graph {fp32['graph_ms_p50']:.3f} ms")
     gpu.close()
     cpu.close()
     return out
+
+
+def _score_outputs(runtime: Any) -> list[str]:
+    """The graph outputs the served score is computed from (what Triton's model asks for)."""
+    return ["knn_score", "knn_support"] if runtime.signals is not None else list(runtime.score_outputs)
+
+
+def _batch(prompts: list[str], size: int) -> list[str]:
+    """``size`` prompts spread over the sample (a stride, so a batch mixes lengths as traffic does)."""
+    return [prompts[(i * 7) % len(prompts)] for i in range(size)]
 
 
 def fp32_products(model: Any, runtime: Any, sample: list[str], reference: np.ndarray,
@@ -154,7 +164,7 @@ def fp32_products(model: Any, runtime: Any, sample: list[str], reference: np.nda
         matmul_precision="highest")
     try:
         exact = runtime.score(sample)
-        names = ["knn_score", "knn_support"] if runtime.signals is not None else runtime.score_outputs
+        names = _score_outputs(runtime)
         feeds = runtime.encode(texts)
         runtime.session.run(names, feeds)  # builds (and on a GPU captures) the plan
         graph = []
@@ -172,15 +182,18 @@ def fp32_products(model: Any, runtime: Any, sample: list[str], reference: np.nda
 
 # -- 3-5: through Triton --------------------------------------------------------------------------------
 def model_repository(version: Path, dest: Path, instances: int, on_gpu: bool) -> Path:
-    """A repository with only ``version``: the shipped config.pbtxt, with its instances on the GPU
-    and model.py pinned to the torch engine in fp32 there (the CPU build of onnxruntime has no CUDA)."""
+    """A repository with only ``version``: the shipped config.pbtxt, its instances on the GPU (the
+    engine, torch in fp32, is set through the environment the stubs inherit: triton_study)."""
     model_dir = dest / MODEL
     model_dir.mkdir(parents=True)
     config = (ROOT / "model_repository" / MODEL / "config.pbtxt").read_text(encoding="utf-8")
     kind = "KIND_GPU" if on_gpu else "KIND_CPU"
-    config = config.replace("count: 1\n    kind: KIND_CPU", f"count: {instances}\n    kind: {kind}")
-    config = config.replace("version_policy: { latest: { num_versions: 3 } }",
-                            f"version_policy: {{ specific: {{ versions: [{version.name}] }} }}")
+    for old, new in (("count: 1\n    kind: KIND_CPU", f"count: {instances}\n    kind: {kind}"),
+                     ("version_policy: { latest: { num_versions: 3 } }",
+                      f"version_policy: {{ specific: {{ versions: [{version.name}] }} }}")):
+        if old not in config:  # the shipped config changed: say so rather than bench another setup
+            raise SystemExit(f"bench.gpu: {old!r} is no longer in config.pbtxt; update model_repository()")
+        config = config.replace(old, new)
     (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
     (model_dir / version.name).symlink_to(version.resolve(), target_is_directory=True)
     return dest
