@@ -226,10 +226,15 @@ class TorchGraphSession:
                 static.update(outs)
                 continue
             host = _HOST_ARGS.get(op_type, ())
-            steps.append(_Step(op_type, _OPS[op_type], [("slot", i) if i and i not in static else
-                                               (("const", env[i] if k in host else self._for_device(env[i], args))
-                                                if i else None)
-                                               for k, i in enumerate(ins)], attrs, outs))
+            plan_args: list[Any] = []
+            for k, name in enumerate(ins):
+                if not name:  # an optional input left out
+                    plan_args.append(None)
+                elif name not in static:
+                    plan_args.append(("slot", name))
+                else:  # folded: fixed now, and on the device it meets unless read as a shape
+                    plan_args.append(("const", env[name] if k in host else self._for_device(env[name], args)))
+            steps.append(_Step(op_type, _OPS[op_type], plan_args, attrs, outs))
         out_names = [o.name for o in self._outputs]
         plan = _Plan(steps, inputs, {k: env[k] for k in out_names if k in static}, {k: env[k] for k in out_names})
         if self.cuda_graphs:
