@@ -117,3 +117,26 @@ def test_triton_serves_the_torch_engine(model_repo: Path, routing_data: Path, tm
     np.testing.assert_allclose(score, expected, atol=1e-5)
     log = (tmp_path / "triton.log").read_text()
     assert "providers=['TorchCUDAGraph(cpu)']" in log and "precision=fp32" in log
+
+
+def test_bench_gpu_serves_only_the_version_on_gpu_instances(model_repo: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make bench-gpu` rewrites the shipped config.pbtxt: should those lines change, it must stop,
+    not bench another setup (a GPU lease is too short to find out there)."""
+    import bench.gpu
+    from bench.gpu import model_repository
+
+    version = _version(model_repo)
+    repo = model_repository(version, tmp_path / "repository", instances=3, on_gpu=True)
+    config = (repo / "router_classifier" / "config.pbtxt").read_text()
+    assert "count: 3\n    kind: KIND_GPU" in config
+    assert f"specific: {{ versions: [{version.name}] }}" in config and "latest:" not in config
+    assert (repo / "router_classifier" / version.name / "model.onnx").is_file()
+    # A config whose instance group reads differently: refused, naming the line.
+    shipped = (bench.gpu.ROOT / "model_repository" / "router_classifier" / "config.pbtxt").read_text()
+    other = tmp_path / "other" / "model_repository" / "router_classifier"
+    other.mkdir(parents=True)
+    (other / "config.pbtxt").write_text(shipped.replace("count: 1", "count: 2"))
+    monkeypatch.setattr(bench.gpu, "ROOT", tmp_path / "other")
+    with pytest.raises(SystemExit, match="count: 1"):
+        model_repository(version, tmp_path / "repository-2", instances=3, on_gpu=True)
