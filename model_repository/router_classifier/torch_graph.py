@@ -482,29 +482,9 @@ def _pow(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
     return s.torch.pow(*_same_device(base, exponent))
 
 
-def _matmul(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
-    return s.torch.matmul(*_same_device(args[0], args[1]))
-
-
-def _not(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
-    return s.torch.logical_not(args[0])
-
-
 def _shape(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
     shape = list(args[0].shape)[int(attrs.get("start", 0)):attrs.get("end")]
     return s.torch.tensor(shape, dtype=s.torch.int64)
-
-
-def _identity(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
-    return args[0]
-
-
-def _erf(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
-    return s.torch.erf(args[0])
-
-
-def _sqrt(args: list[Any], attrs: dict[str, Any], s: TorchGraphSession) -> Any:
-    return s.torch.sqrt(args[0])
 
 
 _OPS: dict[str, Callable[..., Any]] = {
@@ -513,12 +493,13 @@ _OPS: dict[str, Callable[..., Any]] = {
     "Equal": _binary(lambda a, b: a == b), "Greater": _binary(lambda a, b: a > b), "Less": _binary(lambda a, b: a < b),
     "GreaterOrEqual": _binary(lambda a, b: a >= b), "LessOrEqual": _binary(lambda a, b: a <= b),
     "And": _binary(lambda a, b: a & b), "Or": _binary(lambda a, b: a | b),
-    "Pow": _pow, "MatMul": _matmul, "Gemm": _gemm, "Max": _max_min(lambda a, b: a.maximum(b)),
+    "Pow": _pow, "MatMul": _binary(lambda a, b: a @ b), "Gemm": _gemm, "Max": _max_min(lambda a, b: a.maximum(b)),
     "Min": _max_min(lambda a, b: a.minimum(b)),
-    "Sqrt": _sqrt, "Erf": _erf, "Exp": _unary(lambda x: x.exp()), "Log": _unary(lambda x: x.log()),
+    "Sqrt": _unary(lambda x: x.sqrt()), "Erf": _unary(lambda x: x.erf()), "Exp": _unary(lambda x: x.exp()),
+    "Log": _unary(lambda x: x.log()),
     "Neg": _unary(lambda x: -x), "Abs": _unary(lambda x: x.abs()), "Reciprocal": _unary(lambda x: x.reciprocal()),
     "Tanh": _unary(lambda x: x.tanh()), "Sigmoid": _unary(lambda x: x.sigmoid()), "Relu": _unary(lambda x: x.relu()),
-    "Not": _not, "Identity": _identity, "Cast": _cast, "Shape": _shape,
+    "Not": _unary(lambda x: x.logical_not()), "Identity": _unary(lambda x: x), "Cast": _cast, "Shape": _shape,
     "Softmax": _softmax, "LayerNormalization": _layer_norm, "Transpose": _transpose,
     "Reshape": _reshape, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather, "Slice": _slice,
     "Concat": _concat, "Expand": _expand, "ConstantOfShape": _constant_of_shape, "Where": _where, "Range": _range,
