@@ -75,7 +75,7 @@ def _floor(config: Path, upstream_url: str, session: requests.Session, chat_body
     """bench/floor_app.py (a bare Flask proxy) under the router's gunicorn settings, the floor under
     the router's overhead: its chat-completions URL while it runs (steps 1 and 6)."""
     port = free_port()
-    env = {"ROUTER_ACCESS_LOG": "/dev/null", "FLOOR_UPSTREAM": upstream_url + "/chat/completions"}
+    env = {"FLOOR_UPSTREAM": upstream_url + "/chat/completions"}
     proc = start_router(config, "127.0.0.1", port, env, log=Path(tmp) / "floor.log", app="bench.floor_app:app")
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         config_path.write_text(yaml.safe_dump(bench_config(triton, upstream.url, slow.url)))
         port = free_port()
         # The request log stays on (its cost is part of the overhead), written to a file, not the console.
-        router = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"},
-                              log=Path(tmp) / "router.log")
+        router = start_router(config_path, "127.0.0.1", port, log=Path(tmp) / "router.log")
         try:
             base = f"http://127.0.0.1:{port}"
             wait_ready(base + "/health/ready", router, timeout_s=60)

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             router = start_router(args.config, "127.0.0.1", port, {
                 "TRITON_HTTP_URL": triton.http_url, "TRITON_GRPC_URL": triton.grpc_url,
-                "ROUTER_ACCESS_LOG": os.devnull, "WEB_CONCURRENCY": "2"})
+                "WEB_CONCURRENCY": "2"})
             url = f"http://127.0.0.1:{port}"
             wait_ready(url + "/health/ready", router, timeout_s=120)
             triton_metrics = f"127.0.0.1:{triton.ports.metrics}"

@@ -186,7 +186,7 @@ def _count(m: RouterMetrics, ex: Exchange, status: int, total_s: float) -> None:
     if ex.upstream_s is not None:
         m.upstream.labels(target).observe(ex.upstream_s)
         m.overhead.labels(policy).observe(max(0.0, total_s - ex.upstream_s))
-        m.refresh_breakers()
+        m.after_upstream_call()
     if ex.ttft_s is not None:
         m.ttft.labels(target).observe(ex.ttft_s)
     if decision is not None:

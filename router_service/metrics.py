@@ -47,6 +47,7 @@ class RouterMetrics:
         """``fallbacks``: every target, with the targets it falls back to."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._breaker_states: Callable[[], dict[str, str]] = dict
+        self._published_breakers: dict[str, str] = {}
         self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         r = self.registry
         self.requests = Counter("router_requests", "Requests by policy, target, reason and status class",
@@ -156,9 +157,17 @@ class RouterMetrics:
         self.refresh_breakers()
 
     def refresh_breakers(self) -> None:
-        """Publish this process's breaker states: after each request and at scrape time."""
+        """Publish this process's breaker states (at scrape time; see after_upstream_call)."""
         for target, state in self._breaker_states().items():
-            self.breaker.labels(target).set(BREAKER_STATES[state])
+            if self._published_breakers.get(target) != state:
+                self.breaker.labels(target).set(BREAKER_STATES[state])
+                self._published_breakers[target] = state
+
+    def after_upstream_call(self) -> None:
+        """One process answers its own scrapes, and refreshes the states then; with several, a
+        scrape reads the others' files, so each publishes what its calls changed as they end."""
+        if self._multiprocess:
+            self.refresh_breakers()
 
     def set_model_version(self, version: str) -> None:
         if version != self._version:  # a new version answered: it alone is current

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import PrivacyConfig, RuleConfig
@@ -12,6 +13,15 @@ BUILTIN_PRIVACY_PATTERNS = {
     "credit_card": r"\b(?:\d[ -]?){13,19}\b",
     "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
     "phone": r"(?<!\w)\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)",
+}
+# What a prompt must hold for each detector to have a chance: one cheap scan spares most prompts
+# the detectors' own (it runs on every request).
+_DIGIT = re.compile(r"\d")
+BUILTIN_PRECONDITIONS: dict[str, Callable[[str], bool]] = {
+    "email": lambda text: "@" in text,
+    "credit_card": lambda text: _DIGIT.search(text) is not None,
+    "iban": lambda text: _DIGIT.search(text) is not None,
+    "phone": lambda text: _DIGIT.search(text) is not None,
 }
 
 
@@ -51,15 +61,17 @@ def compile_rules(rules: list[RuleConfig]) -> list[CompiledRule]:
 class PrivacyDetector:
     def __init__(self, config: PrivacyConfig) -> None:
         self.enabled = config.enabled
-        self._patterns: list[tuple[str, re.Pattern[str]]] = [
-            (name, re.compile(BUILTIN_PRIVACY_PATTERNS[name])) for name in config.builtin]
-        self._patterns += [(f"pattern:{p}", re.compile(p)) for p in config.patterns]
+        self._patterns: list[tuple[str, re.Pattern[str], Callable[[str], bool] | None]] = [
+            (name, re.compile(BUILTIN_PRIVACY_PATTERNS[name]), BUILTIN_PRECONDITIONS[name]) for name in config.builtin]
+        self._patterns += [(f"pattern:{p}", re.compile(p), None) for p in config.patterns]
 
     def find(self, text: str) -> str | None:
         """The name of the first private-data detector that matches, or None."""
         if not self.enabled:
             return None
-        for name, regex in self._patterns:
+        for name, regex, possible in self._patterns:
+            if possible is not None and not possible(text):
+                continue
             for match in regex.finditer(text):
                 if name != "credit_card" or _luhn_ok(match.group()):
                     return name

@@ -79,7 +79,7 @@ def run_router(config: dict, tmp_path: Path, env: dict[str, str] | None = None) 
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
     proc = start_router(config_path, "127.0.0.1", port, {"WEB_CONCURRENCY": "1", "ROUTER_THREADS": "8",
-                                                         "ROUTER_ACCESS_LOG": "/dev/null", **(env or {})})
+                                                         **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{url}/health/live", proc, timeout_s=60)

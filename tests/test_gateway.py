@@ -464,7 +464,7 @@ def test_many_streams_do_not_keep_short_requests_waiting(triton: TritonServer, t
         path = tmp_path / "router.yaml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()
-        proc = start_router(path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null"})
+        proc = start_router(path, "127.0.0.1", port)
         try:
             wait_ready(f"http://127.0.0.1:{port}/health/live", proc, timeout_s=60)
             held = hold_streams(f"http://127.0.0.1:{port}/v1/chat/completions", n, seconds, "slow", "slow",

@@ -522,12 +522,14 @@ def test_request_log_lines(triton: TritonServer, tmp_path: Path, capfd: pytest.C
         assert all("prompt" not in line and "answer" not in line for line in lines)
 
 
-@pytest.mark.parametrize("access_log", ["-", ""])
-def test_gunicorn_access_log_can_be_turned_off(triton: TritonServer, tmp_path: Path,
-                                               capfd: pytest.CaptureFixture[str], access_log: str) -> None:
-    """gunicorn's access line is on by default (stdout); ROUTER_ACCESS_LOG="" leaves the router's
-    JSON line as the only line per request."""
-    with run_router(router_config_dict(triton), tmp_path, env={"ROUTER_ACCESS_LOG": access_log}) as url:
+@pytest.mark.parametrize("access_log", [None, "-"])
+def test_gunicorn_access_log_is_off_unless_asked(triton: TritonServer, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch, access_log: str | None) -> None:
+    """By default the router's JSON line is the only line per request; ROUTER_ACCESS_LOG="-" adds
+    gunicorn's access line on stdout."""
+    monkeypatch.delenv("ROUTER_ACCESS_LOG", raising=False)
+    env = {} if access_log is None else {"ROUTER_ACCESS_LOG": access_log}
+    with run_router(router_config_dict(triton), tmp_path, env=env) as url:
         resp = _chat(url, model="smollm2-135m", max_tokens=1)
         assert resp.status_code == 200
         time.sleep(0.3)  # both lines are written once the answer has gone out
@@ -734,8 +736,7 @@ def test_stopping_the_router_lets_running_streams_finish(triton: TritonServer, t
     config_path = tmp_path / "router.yaml"
     config_path.write_text(yaml.safe_dump(router_config_dict(triton)))
     port = free_port()
-    proc = start_router(config_path, "127.0.0.1", port, {"ROUTER_ACCESS_LOG": "/dev/null",
-                                                         "ROUTER_GRACEFUL_TIMEOUT": "120",
+    proc = start_router(config_path, "127.0.0.1", port, {"ROUTER_GRACEFUL_TIMEOUT": "120",
                                                          "ROUTER_WORKER_CLASS": worker_class})
     url = f"http://127.0.0.1:{port}"
     try:
