@@ -73,6 +73,17 @@ def test_privacy_detector(text: str, found: str | None) -> None:
     assert detector.find(text) == found
 
 
+@pytest.mark.parametrize("text, found", [
+    ("pay to DE89 3704 0044 0532 0130 00 today", "iban"),
+    ("call me on +1 415 555 0100", "phone"),
+    ("write to ops@example.org about 4111 1111 1111 1111", "email"),  # detectors run in the configured order
+    ("an essay about Sets And Numbers", None),  # no digit, no @: no detector can match
+])
+def test_every_builtin_detector_finds_what_it_is_for(text: str, found: str | None) -> None:
+    detector = PrivacyDetector(PrivacyConfig(builtin=["email", "credit_card", "iban", "phone"]))
+    assert detector.find(text) == found
+
+
 def test_privacy_detector_can_be_disabled() -> None:
     assert PrivacyDetector(PrivacyConfig(enabled=False)).find("x@example.com") is None
 
