@@ -16,6 +16,7 @@ from prometheus_client.utils import floatToGoString
 from router_service.classifier import UNFAMILIAR_BELOW, ClassifierUnavailable
 from router_service.classifier_client import ClassifierClient
 from router_service.metrics import CONFIDENCE_BUCKETS
+from router_service.request_log import RequestLog
 from local_stack.triton_launcher import TritonPorts, TritonServer, free_port
 
 from .conftest import ROOT, router_config_dict, run_router
@@ -520,6 +521,20 @@ def test_request_log_lines(triton: TritonServer, tmp_path: Path, capfd: pytest.C
     else:
         assert marker not in out.out + out.err
         assert all("prompt" not in line and "answer" not in line for line in lines)
+
+
+def test_request_log_writes_one_line_per_request_and_survives_a_closed_stream() -> None:
+    import io
+
+    stream = io.StringIO()
+    log = RequestLog(enabled=True, log_prompts=False, stream=stream)
+    log.emit({"request_id": "a", "status": 200, "prompt": ["secret"], "score": None})
+    log.emit({"request_id": "b", "status": 400})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["status"]) for line in lines] == [("a", 200), ("b", 400)]
+    assert all("prompt" not in line and "score" not in line for line in lines)
+    stream.close()
+    log.emit({"request_id": "c", "status": 200})  # the line is lost; the request it belongs to is not
 
 
 @pytest.mark.parametrize("access_log", [None, "-"])
